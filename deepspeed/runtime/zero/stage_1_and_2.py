@@ -201,14 +201,18 @@ class DeepSpeedZeroOptimizer:
         """Reduce, check overflow, unscale + clip, step the masters, gather params."""
         self.reduce_gradients()
         if self.skip_step:
-            # Forced skip (DS-Chat align_overflow): behaves like an overflow.
+            # Forced skip (DS-Chat's align_overflow: the *other* model overflowed).
+            # It is reported as an overflow so the engine skips the scheduler
+            # too, but this optimizer's loss scale is left alone.
+            self.skip_step = False
             self.overflow = True
-        elif self.check_overflow_enabled:
+            self.zero_grad()
+            return
+        if self.check_overflow_enabled:
             self.check_overflow()
         else:
             self.overflow = False
         if self.overflow:
-            self.skip_step = False
             if self.loss_scaler is not None:
                 self.loss_scaler.update_scale(True)
             self.zero_grad()
