@@ -20,7 +20,7 @@ from deepspeed import comm as dist
 # ----------------------------------------------------------------- arguments
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--local_rank", type=int, default=-1, help="set by the launcher")
-parser.add_argument("--steps", type=int, default=60)
+parser.add_argument("--steps", type=int, default=150)
 parser.add_argument("--zero_stage", type=int, default=2, choices=[0, 1, 2])
 parser.add_argument("--vocab", type=int, default=128)
 parser.add_argument("--hidden", type=int, default=64)
@@ -45,6 +45,8 @@ class TinyLM(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(hidden)
         self.head = torch.nn.Linear(hidden, vocab, bias=False)
         self.head.weight = self.tok.weight
+        for emb in (self.tok, self.pos):
+            torch.nn.init.normal_(emb.weight, std=0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) -> mean next-token loss."""
@@ -65,7 +67,7 @@ def batch_of_patterns(batch: int, seq: int, vocab: int, generator: torch.Generat
 config = None if args.deepspeed_config else {
     "train_micro_batch_size_per_gpu": 8,
     "gradient_accumulation_steps": 1,
-    "steps_per_print": 20,
+    "steps_per_print": 50,
     "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "weight_decay": 0.0}},
     "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10, "warmup_type": "linear"}},
     "zero_optimization": {"stage": args.zero_stage},

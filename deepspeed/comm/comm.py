@@ -202,6 +202,28 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Rank variables set by MPI launchers and Slurm, mapped onto torch's names.
+_SCHEDULER_ENVS = (
+    {"RANK": "OMPI_COMM_WORLD_RANK", "WORLD_SIZE": "OMPI_COMM_WORLD_SIZE", "LOCAL_RANK": "OMPI_COMM_WORLD_LOCAL_RANK"},
+    {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID"},
+)
+
+
+def _discover_scheduler_env() -> None:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK from Open MPI or Slurm when the launcher ran ranks that way.
+
+    The `deepspeed` launcher's openmpi and slurm runners export only
+    MASTER_ADDR/MASTER_PORT; each rank learns its place from the scheduler.
+    """
+    if "RANK" in os.environ:
+        return
+    for mapping in _SCHEDULER_ENVS:
+        if all(src in os.environ for src in mapping.values()):
+            for dst, src in mapping.items():
+                os.environ[dst] = os.environ[src]
+            return
+
+
 def _resolve_world(rank: int, world_size: int, init_method: Optional[str]) -> tuple[int, int]:
     """Rank and world size from the arguments or the launcher's env vars.
 
@@ -209,6 +231,7 @@ def _resolve_world(rank: int, world_size: int, init_method: Optional[str]) -> tu
     the variables, since the engine and HF read LOCAL_RANK) so `python
     train.py` just works. A partial set is a broken launch and raises.
     """
+    _discover_scheduler_env()
     present = {k: os.environ[k] for k in _ENV_KEYS if k in os.environ}
     uses_env = init_method is None or init_method.startswith("env://")
     if not present and rank < 0 and world_size < 0 and uses_env:

@@ -421,3 +421,20 @@ def test_distributed_test_decorator_passes_fixtures(tmp_path):
     (tmp_path / f"rank{dist.get_rank()}").write_text("x")
     dist.barrier()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
+
+
+
+def _scheduler_env_init(names):
+    rank = os.environ["RANK"]
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        del os.environ[var]
+    os.environ.update({names[0]: rank, names[1]: "2", names[2]: rank})
+    return _init_and_report()[:3]
+
+
+@pytest.mark.parametrize("names", [("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+                                   ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")])
+def test_open_mpi_and_slurm_rank_variables_are_used(names):
+    # ranks that only know the scheduler's variables (plus the master address)
+    assert run_distributed(_scheduler_env_init, world_size=2, init=False, args=(names,)) == [
+        (0, 2, "0"), (1, 2, "1")]

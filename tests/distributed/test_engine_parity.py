@@ -1,5 +1,4 @@
 """Stages 0, 1 and 2 on 2 ranks track single-process fp32 training (spec §2/§3)."""
-import copy
 
 import pytest
 import torch
