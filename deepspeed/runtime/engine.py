@@ -28,6 +28,7 @@ from deepspeed.utils.timer import SynchronizedWallClockTimer
 __all__ = ["DeepSpeedEngine"]
 
 FORWARD, BACKWARD, STEP = "forward", "backward", "step"
+BACKWARD_INNER, BACKWARD_REDUCE = "backward_inner", "backward_allreduce"
 
 
 class DeepSpeedEngine(torch.nn.Module):
@@ -247,13 +248,26 @@ class DeepSpeedEngine(torch.nn.Module):
             loss = loss / self.gradient_accumulation_steps()
         if self.monitor.enabled:
             self._loss_sum_for_monitor += float(loss.detach().float().item())
+        self._timed(BACKWARD_INNER, self._autograd, loss, retain_graph)
         if isinstance(self.optimizer, DeepSpeedZeroOptimizer):
-            self.optimizer.backward(loss, retain_graph=retain_graph)
-        else:
-            loss.backward(retain_graph=retain_graph)
+            self._timed(BACKWARD_REDUCE, self.optimizer.after_backward)
         if self.wall_clock_breakdown():
             self.timers(BACKWARD).stop()
         return loss
+
+    def _autograd(self, loss: torch.Tensor, retain_graph: bool) -> None:
+        if isinstance(self.optimizer, DeepSpeedZeroOptimizer):
+            self.optimizer.scaled_backward(loss, retain_graph=retain_graph)
+        else:
+            loss.backward(retain_graph=retain_graph)
+
+    def _timed(self, name: str, fn: Callable, *args) -> None:
+        if not self.wall_clock_breakdown():
+            fn(*args)
+            return
+        self.timers(name).start()
+        fn(*args)
+        self.timers(name).stop()
 
     def _reduce_plain_gradients(self) -> None:
         """Average `.grad` over data-parallel ranks for the unwrapped fp32 stage-0 path."""
@@ -314,7 +328,7 @@ class DeepSpeedEngine(torch.nn.Module):
         if self.fp16_enabled() and isinstance(self.optimizer, DeepSpeedZeroOptimizer):
             events.append(("Train/Samples/loss_scale", self.optimizer.cur_scale, step))
         if self.wall_clock_breakdown():
-            for name in (FORWARD, BACKWARD, STEP):
+            for name in (FORWARD, BACKWARD, BACKWARD_INNER, BACKWARD_REDUCE, STEP):
                 events.append((f"Train/Samples/elapsed_time_ms_{name}", self.timers(name).elapsed_ms(), step))
         self.monitor.write_events(events)
         self._loss_sum_for_monitor = 0.0

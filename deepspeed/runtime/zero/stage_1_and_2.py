@@ -130,10 +130,18 @@ class DeepSpeedZeroOptimizer:
     # --------------------------------------------------------------- backward
     def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
         """Scale the loss (fp16), run autograd, and for stage 2 reduce right away."""
+        self.scaled_backward(loss, retain_graph=retain_graph)
+        self.after_backward()
+
+    def scaled_backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        """Autograd on `loss * loss_scale`; gradients land in the parameters' `.grad`."""
         if self.loss_scaler is not None:
             loss = loss * self.loss_scaler.cur_scale
         loss.backward(retain_graph=retain_graph)
         self._has_local_grads = True
+
+    def after_backward(self) -> None:
+        """Stage 2 reduce-scatters every micro-step; stages 0/1 wait for the boundary."""
         if self.stage == 2:
             self.reduce_gradients()
 
