@@ -130,9 +130,15 @@ class DeepSpeedEngine(torch.nn.Module):
         zc = self._config.zero_config
         if stage >= 3:
             raise NotImplementedError("ZeRO stage 3 is not available in this build yet (stages 0, 1 and 2 are)")
-        if zc.offload_optimizer_device != "none" or zc.offload_param_device != "none":
-            raise NotImplementedError("ZeRO-Offload is not available in this build yet; remove "
-                                      "zero_optimization.offload_optimizer / offload_param")
+        if zc.offload_optimizer_device == "nvme" or zc.offload_param_device == "nvme":
+            raise NotImplementedError("NVMe offload (ZeRO-Infinity) is not available in this build; use "
+                                      "\"device\": \"cpu\"")
+        if zc.offload_optimizer_device == "cpu" and stage == 0:
+            raise ValueError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3; set "
+                             "zero_optimization.stage")
+        if zc.offload_param_device == "cpu" and stage != 3:
+            raise ValueError("zero_optimization.offload_param needs ZeRO stage 3 (parameters are only "
+                             "partitioned at stage 3); use offload_optimizer at stages 1 and 2")
         if stage > 0 and not isinstance(basic, ZERO_SUPPORTED_OPTIMIZERS) \
                 and not self._config.zero_allow_untested_optimizer:
             raise ValueError(f"ZeRO has not been tested with {type(basic).__name__}; set "
@@ -146,6 +152,8 @@ class DeepSpeedEngine(torch.nn.Module):
             clip_grad=self.gradient_clipping(),
             communication_dtype=self._config.communication_data_type,
             gradient_predivide_factor=self._config.gradient_predivide_factor,
+            offload_optimizer=zc.offload_optimizer_device == "cpu",
+            pin_memory=bool(zc.offload_optimizer.pin_memory),
         )
         if stage == 0:
             cls = FP16_Optimizer if self.fp16_enabled() else BF16_Optimizer
