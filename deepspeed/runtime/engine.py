@@ -21,6 +21,11 @@ from deepspeed.runtime.optimizer_factory import ZERO_SUPPORTED_OPTIMIZERS, build
 from deepspeed.runtime.precision.loss_scaler import loss_scaler_from_config
 from deepspeed.runtime.precision.master_weights import BF16_Optimizer, FP16_Optimizer
 from deepspeed.runtime.scheduler_factory import build_lr_scheduler, resolve_client_scheduler
+from deepspeed.runtime.zero.coordinator import PartitionedParameterCoordinator
+from deepspeed.runtime.zero.hooks import DeepSpeedZeRoOffload
+from deepspeed.runtime.zero.optimizer_core import ZeroOptimizerCore
+from deepspeed.runtime.zero.partition_parameters import partition_module
+from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 from deepspeed.utils.logging import log_dist
 from deepspeed.utils.timer import SynchronizedWallClockTimer
@@ -101,16 +106,32 @@ class DeepSpeedEngine(torch.nn.Module):
         if not dont_change_device:
             self.module.to(self.device)
         dtype = self._compute_dtype()
+        # Parameters partitioned under zero.Init already have their dtype and
+        # identical shards on every rank; everything else is cast and synced.
+        plain = [p for p in self.module.parameters() if not hasattr(p, "ds_state")]
         if dtype != torch.float32:
             # Only parameters are cast: buffers (e.g. rotary tables) keep their dtype.
-            for p in self.module.parameters():
+            for p in plain:
                 if p.is_floating_point():
                     p.data = p.data.to(dtype)
         if self.dp_world_size > 1:
             # Every rank starts from rank 0's weights, as DDP does.
-            for t in list(self.module.parameters()) + list(self.module.buffers()):
-                dist.broadcast(t.data, src=dist.get_global_rank(self.data_parallel_group, 0),
-                               group=self.data_parallel_group)
+            src = dist.get_global_rank(self.data_parallel_group, 0)
+            for t in plain + list(self.module.buffers()):
+                dist.broadcast(t.data, src=src, group=self.data_parallel_group)
+        self.parameter_offload: Optional[DeepSpeedZeRoOffload] = None
+        if self.zero_optimization_stage() == 3:
+            self.parameter_offload = self._partition_stage3(dtype)
+
+    def _partition_stage3(self, dtype: torch.dtype) -> DeepSpeedZeRoOffload:
+        """Shard every parameter (those not built under zero.Init) and install the ZeRO-3 hooks."""
+        zc = self._config.zero_config
+        partition_module(self.module, self.data_parallel_group, dtype, int(zc.param_persistence_threshold),
+                         int(zc.model_persistence_threshold),
+                         torch.device("cpu") if zc.offload_param_device == "cpu" else None)
+        coordinator = PartitionedParameterCoordinator(int(zc.prefetch_bucket_size), int(zc.max_live_parameters),
+                                                      int(zc.max_reuse_distance))
+        return DeepSpeedZeRoOffload(self.module, coordinator)
 
     def _build_basic_optimizer(self, client_optimizer, model_parameters):
         if model_parameters is None:
@@ -128,8 +149,6 @@ class DeepSpeedEngine(torch.nn.Module):
     def _wrap_optimizer(self, basic: torch.optim.Optimizer):
         stage = self.zero_optimization_stage()
         zc = self._config.zero_config
-        if stage >= 3:
-            raise NotImplementedError("ZeRO stage 3 is not available in this build yet (stages 0, 1 and 2 are)")
         if zc.offload_optimizer_device == "nvme" or zc.offload_param_device == "nvme":
             raise NotImplementedError("NVMe offload (ZeRO-Infinity) is not available in this build; use "
                                       "\"device\": \"cpu\"")
@@ -158,6 +177,9 @@ class DeepSpeedEngine(torch.nn.Module):
         if stage == 0:
             cls = FP16_Optimizer if self.fp16_enabled() else BF16_Optimizer
             return cls(basic, **kwargs)
+        if stage == 3:
+            return DeepSpeedZeroOptimizer_Stage3(self.module, basic, parameter_offload=self.parameter_offload,
+                                                 reduce_bucket_size=int(zc.reduce_bucket_size), **kwargs)
         return DeepSpeedZeroOptimizer(basic, stage=stage, reduce_bucket_size=int(zc.reduce_bucket_size), **kwargs)
 
     def _build_scheduler(self, client_scheduler):
@@ -257,14 +279,14 @@ class DeepSpeedEngine(torch.nn.Module):
         if self.monitor.enabled:
             self._loss_sum_for_monitor += float(loss.detach().float().item())
         self._timed(BACKWARD_INNER, self._autograd, loss, retain_graph)
-        if isinstance(self.optimizer, DeepSpeedZeroOptimizer):
+        if isinstance(self.optimizer, ZeroOptimizerCore):
             self._timed(BACKWARD_REDUCE, self.optimizer.after_backward)
         if self.wall_clock_breakdown():
             self.timers(BACKWARD).stop()
         return loss
 
     def _autograd(self, loss: torch.Tensor, retain_graph: bool) -> None:
-        if isinstance(self.optimizer, DeepSpeedZeroOptimizer):
+        if isinstance(self.optimizer, ZeroOptimizerCore):
             self.optimizer.scaled_backward(loss, retain_graph=retain_graph)
         else:
             loss.backward(retain_graph=retain_graph)
@@ -292,7 +314,7 @@ class DeepSpeedEngine(torch.nn.Module):
 
     def _optimizer_step(self) -> bool:
         """Run one optimizer step; returns whether it overflowed (was skipped)."""
-        if isinstance(self.optimizer, DeepSpeedZeroOptimizer):
+        if isinstance(self.optimizer, ZeroOptimizerCore):
             self.optimizer.step()
             self._global_grad_norm = self.optimizer.get_global_grad_norm()
             return self.optimizer.overflow
@@ -333,7 +355,7 @@ class DeepSpeedEngine(torch.nn.Module):
         step = self.global_samples
         events: List[Tuple[str, float, int]] = [("Train/Samples/train_loss", self._loss_sum_for_monitor, step)]
         events += [("Train/Samples/lr", self.get_lr()[0], step)] if self.get_lr() else []
-        if self.fp16_enabled() and isinstance(self.optimizer, DeepSpeedZeroOptimizer):
+        if self.fp16_enabled() and isinstance(self.optimizer, ZeroOptimizerCore):
             events.append(("Train/Samples/loss_scale", self.optimizer.cur_scale, step))
         if self.wall_clock_breakdown():
             for name in (FORWARD, BACKWARD, BACKWARD_INNER, BACKWARD_REDUCE, STEP):
@@ -348,7 +370,7 @@ class DeepSpeedEngine(torch.nn.Module):
                      f"mom={self.get_mom()}", ranks=[0])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        if self.optimizer is not None and isinstance(self.optimizer, DeepSpeedZeroOptimizer):
+        if self.optimizer is not None and isinstance(self.optimizer, ZeroOptimizerCore):
             self.optimizer.zero_grad()
         else:
             self.module.zero_grad(set_to_none=set_to_none)
@@ -401,7 +423,15 @@ class DeepSpeedEngine(torch.nn.Module):
         return sd
 
     def empty_partition_cache(self) -> None:
-        """Release gathered ZeRO-3 parameters; nothing is cached at stages 0-2."""
+        """Release every gathered (non-persistent) ZeRO-3 parameter; nothing is cached at stages 0-2."""
+        if self.parameter_offload is not None:
+            self.parameter_offload.coordinator.end_iteration()
+
+    def train(self, mode: bool = True):
+        """Switch modes; under ZeRO-3 both in-flight registries are drained first."""
+        if self._modules.get("module") is not None and getattr(self, "parameter_offload", None) is not None:
+            self.parameter_offload.coordinator.end_iteration()
+        return super().train(mode)
 
     def destroy(self) -> None:
         self.monitor.close()

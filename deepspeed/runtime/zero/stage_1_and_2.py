@@ -45,6 +45,9 @@ class DeepSpeedZeroOptimizer(ZeroOptimizerCore):
         for group in self.optimizer.param_groups:
             params = [p for p in group["params"] if p.requires_grad]
             layout = FlatLayout(params, reduce_bucket_size, self.shard_world)
+            for bucket in layout.buckets:
+                for p, offset in zip(bucket.params, bucket.offsets):
+                    p._ds_hp = ("flat", self, len(self.layouts), bucket, offset)  # see safe_get.py
             self.layouts.append(layout)
             masters.append(layout.gather_local_chunks(self.shard_rank))
         self._install_masters(masters)

@@ -1,0 +1,101 @@
+"""Coalesced all-gather of parameter shards and reduce-scatter of gradients (ZeRO-3).
+
+Pure communication: these functions only read `param.ds_state` (shard
+layout) and call its transitions; they own no state.
+
+[Note: coalesced shard layout]
+For parameters p_1..p_k with shard sizes s_1..s_k, the send buffer is
+`cat(shard(p_1), ..., shard(p_k))` (S = sum s_j elements) and the all-gather
+output is `world` such blocks, rank-major. Parameter j's full (padded) value
+is the column block `[:, off_j:off_j+s_j]` of that (world, S) matrix,
+flattened. Reduce-scatter uses the same matrix in the other direction.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+
+from deepspeed import comm as dist
+
+__all__ = ["GatherHandle", "gather_params", "reduce_scatter_grads"]
+
+
+class GatherHandle:
+    """An in-flight (or finished) coalesced all-gather for a list of parameters."""
+
+    def __init__(self, params: List[torch.nn.Parameter], work, out: torch.Tensor, sizes: List[int]) -> None:
+        self.params = params
+        self._work = work
+        self._out = out
+        self._sizes = sizes
+        self._done = False
+
+    def wait(self) -> None:
+        """Block until the data arrived, then make every parameter AVAILABLE."""
+        if self._done:
+            return
+        if self._work is not None:
+            self._work.wait()
+        world = self.params[0].ds_state.world
+        if len(self.params) == 1:
+            self.params[0].ds_state.become_available(self._out)
+        else:
+            matrix = self._out.view(world, -1)
+            offset = 0
+            for p, size in zip(self.params, self._sizes):
+                p.ds_state.become_available(matrix[:, offset:offset + size].reshape(-1))
+                offset += size
+        self._out = None
+        self._done = True
+
+
+def gather_params(params: Sequence[torch.nn.Parameter], async_op: bool = False) -> Optional[GatherHandle]:
+    """All-gather the shards of `params` (all in one process group) in one collective.
+
+    Marks them INFLIGHT; the returned handle's `wait()` makes them AVAILABLE.
+    With `async_op=False` it waits before returning.
+    """
+    params = list(params)
+    if not params:
+        return None
+    state0 = params[0].ds_state
+    dtype, device = state0.dtype, state0.compute_device
+    sizes = [p.ds_state.shard_numel for p in params]
+    send = torch.cat([p.ds_tensor.to(device=device, dtype=dtype).reshape(-1) for p in params]) \
+        if len(params) > 1 else params[0].ds_tensor.to(device=device, dtype=dtype)
+    out = torch.empty(send.numel() * state0.world, dtype=dtype, device=device)
+    for p in params:
+        p.ds_state.mark_inflight()
+    if state0.world > 1:
+        work = dist.all_gather_into_tensor(out, send, group=state0.group, async_op=True)
+    else:
+        out.copy_(send)
+        work = None
+    handle = GatherHandle(params, work, out, sizes)
+    if not async_op:
+        handle.wait()
+    return handle
+
+
+def reduce_scatter_grads(params: Sequence[torch.nn.Parameter], grads: Sequence[torch.Tensor], dtype: torch.dtype,
+                         group, predivide: float = 1.0):
+    """Sum full gradients over ranks, keeping this rank's shard of each.
+
+    Returns `(work, out)`: `out` is (sum shard_numel,) in `dtype`, laid out
+    like the master partition segment of these params; wait on `work`
+    (None when world == 1) before reading it.
+    """
+    world = params[0].ds_state.world
+    sizes = [p.ds_state.shard_numel for p in params]
+    total = sum(sizes)
+    send = torch.zeros(world, total, dtype=dtype, device=grads[0].device)
+    offset = 0
+    for p, g, size in zip(params, grads, sizes):
+        flat = p.ds_state.padded_flat(g.to(dtype))
+        send[:, offset:offset + size].copy_(flat.view(world, size))
+        offset += size
+    if predivide != 1.0:
+        send.div_(predivide)
+    if world == 1:
+        return None, send.view(-1)
+    out = torch.empty(total, dtype=dtype, device=send.device)
+    return dist.reduce_scatter_tensor(out, send.view(-1), group=group, async_op=True), out
