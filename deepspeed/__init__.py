@@ -15,6 +15,7 @@ __all__ = [
     "init_distributed",
     "add_config_arguments",
     "comm",
+    "zero",
     "ops",
     "DeepSpeedEngine",
     "DeepSpeedConfig",
@@ -25,6 +26,7 @@ __all__ = [
 # cheap and free of side effects.
 _LAZY = {
     "comm": ("deepspeed.comm", None),
+    "zero": ("deepspeed.zero", None),
     "ops": ("deepspeed.ops", None),
     "accelerator": ("deepspeed.accelerator", None),
     "runtime": ("deepspeed.runtime", None),

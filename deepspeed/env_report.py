@@ -66,11 +66,19 @@ def op_report() -> Tuple[List[Tuple[str, str, str, str]], List[str]]:
             continue
         installed = False
         try:
-            installed = importlib.util.find_spec(builder.absolute_name()) is not None
-        except (ImportError, ValueError, AttributeError):
-            pass
+            # Builders know what was pre-built (installed_ops record, torch
+            # version, SIMD variant); an importable module alone may be stale.
+            if hasattr(builder, "is_prebuilt"):
+                installed = builder.is_prebuilt()
+            else:
+                installed = importlib.util.find_spec(builder.absolute_name()) is not None
+        except Exception as err:  # a broken probe is reported, not fatal
+            problems.append(f"{name}: checking for a pre-built module raised: {err}")
         try:
             compatible = "yes" if builder.is_compatible() else "no"
+            reason = getattr(builder, "error_log", None)
+            if compatible == "no" and reason:
+                problems.append(f"{name} is not compatible here: {reason}")
         except Exception as err:
             problems.append(f"{name}: is_compatible() raised: {err}")
             compatible = "?"
