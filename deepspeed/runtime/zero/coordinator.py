@@ -159,6 +159,10 @@ class PartitionedParameterCoordinator:
             self._release(p)
         self._live.clear()
 
+    def _invalidate_trace(self) -> None:
+        """TRL calls this private name after re-registering hooks."""
+        self.invalidate_trace()
+
     def invalidate_trace(self) -> None:
         """The module order changed: stop prefetching and re-record next iteration."""
         mode = self._mode if self._mode is not None else True

@@ -103,6 +103,14 @@ class DeepSpeedZeRoOffload:
             self.forward_hooks.append(module.register_forward_hook(self._post_forward))
         self.forward_hooks.append(root.register_forward_hook(self._root_post_forward))
 
+    # TRL removes and re-adds the hooks around generation through these names.
+    def _register_deepspeed_module(self, module: torch.nn.Module, count=None) -> None:
+        self._register(module)
+
+    @property
+    def param_coordinator(self) -> PartitionedParameterCoordinator:
+        return self.coordinator
+
     def remove_hooks(self) -> None:
         for handle in self.forward_hooks + self.backward_hooks:
             handle.remove()

@@ -78,11 +78,11 @@ class ZeroParamState:
         self.shard_numel = shard_numel(self.numel, self.world)
         self.dtype = full.dtype
         self.compute_device = full.device
-        flat = torch.zeros(self.shard_numel * self.world, dtype=full.dtype, device=full.device)
-        flat[:self.numel].copy_(full.reshape(-1))
-        shard = flat.narrow(0, self.rank * self.shard_numel, self.shard_numel).clone()
-        if shard_device is not None:
-            shard = shard.to(shard_device)
+        # Only this rank's slice is copied: no padded full-size temporary.
+        shard = torch.zeros(self.shard_numel, dtype=full.dtype, device=shard_device or full.device)
+        start = min(self.rank * self.shard_numel, self.numel)
+        end = min(start + self.shard_numel, self.numel)
+        shard[:end - start].copy_(full.reshape(-1)[start:end])
         shard.ds_numel = self.shard_numel
         shard.status = ZeroParamStatus.NOT_AVAILABLE
         shard.final_location = shard.device
