@@ -2,13 +2,14 @@
 
 Forward: every submodule fetches its parameters in a forward pre-hook and
 releases them in a forward hook. Backward: the module's outputs pass
-through `_PreBackward`, whose backward re-fetches the parameters before
-autograd reaches the module; its inputs pass through `_PostBackward`, whose
+through `_BackwardHook`, whose backward re-fetches the parameters before
+autograd reaches the module; its inputs pass through another `_BackwardHook`, whose
 backward runs once the module's input gradients exist and releases what is
 no longer needed. The root module starts an iteration in its pre-hook and,
 when no backward can follow, ends it in its post-hook; otherwise the end of
 backward is signalled by a callback queued on the autograd engine.
 """
+import functools
 from typing import Any, Callable, List
 
 import torch
@@ -39,39 +40,29 @@ def _grad_tensors(obj: Any) -> List[torch.Tensor]:
     return [t for t in found if t.requires_grad]
 
 
-class _PreBackward(torch.autograd.Function):
-    """Identity on the module's outputs; its backward fetches the module's params."""
+class _BackwardHook(torch.autograd.Function):
+    """Identity on some tensors; its backward calls `callback()` before passing gradients on.
+
+    On a module's outputs it runs before autograd reaches the module
+    (pre-backward); on its inputs, after the module's backward (post-backward).
+    """
 
     @staticmethod
-    def forward(ctx, hooks, module, *tensors):
-        ctx.hooks, ctx.module = hooks, module
+    def forward(ctx, callback, *tensors):
+        ctx.callback = callback
         return tuple(t.view_as(t) for t in tensors)
 
     @staticmethod
     def backward(ctx, *grads):
-        ctx.hooks.pre_backward(ctx.module)
-        return (None, None) + grads
+        ctx.callback()
+        return (None, ) + grads
 
 
-class _PostBackward(torch.autograd.Function):
-    """Identity on the module's inputs; its backward runs after the module's backward."""
-
-    @staticmethod
-    def forward(ctx, hooks, module, *tensors):
-        ctx.hooks, ctx.module = hooks, module
-        return tuple(t.view_as(t) for t in tensors)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        ctx.hooks.post_backward(ctx.module)
-        return (None, None) + grads
-
-
-def _wrap(fn_cls, hooks, module, obj):
+def _wrap(callback: Callable[[], None], obj: Any) -> Any:
     tensors = _grad_tensors(obj)
     if not tensors or not torch.is_grad_enabled():
         return obj
-    wrapped = dict(zip(map(id, tensors), fn_cls.apply(hooks, module, *tensors)))
+    wrapped = dict(zip(map(id, tensors), _BackwardHook.apply(callback, *tensors)))
     return apply_to_tensors(obj, lambda t: wrapped.get(id(t), t))
 
 
@@ -132,7 +123,8 @@ class DeepSpeedZeRoOffload:
         self.coordinator.fetch_sub_module(module)
         if not module_params(module) or not torch.is_grad_enabled():
             return None
-        return _wrap(_PostBackward, self, module, args), _wrap(_PostBackward, self, module, kwargs)
+        done = functools.partial(self.post_backward, module)
+        return _wrap(done, args), _wrap(done, kwargs)
 
     def _post_forward(self, module, args, output):
         if self.suspended:
@@ -140,7 +132,7 @@ class DeepSpeedZeRoOffload:
         self.coordinator.release_sub_module(module)
         if not torch.is_grad_enabled() or not module_params(module):
             return None
-        return _wrap(_PreBackward, self, module, output)
+        return _wrap(functools.partial(self.pre_backward, module), output)
 
     def _root_post_forward(self, module, args, output) -> None:
         if self.suspended:
