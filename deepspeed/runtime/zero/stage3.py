@@ -55,12 +55,30 @@ class DeepSpeedZeroOptimizer_Stage3(ZeroOptimizerCore):
             masters.append(torch.cat([p.ds_tensor.reshape(-1).float() for p in params]) if params
                            else torch.zeros(0))
         self._install_masters(masters)
+        self._alias_fp32_shards()
         self._bucket: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []
         self._bucket_numel = 0
         self._pending: List[Tuple[object, torch.Tensor, List[torch.nn.Parameter]]] = []
         self._grad_hooks = [p.register_post_accumulate_grad_hook(self._grad_ready)
                             for params in self.group_params for p in params]
         parameter_offload.backward_end_callbacks.append(self._finish_reduction)
+
+    def _alias_fp32_shards(self) -> None:
+        """fp32 models: make each shard a view into the master, so it is stored once.
+
+        Without this the fp32 master would duplicate the fp32 shard (20 instead
+        of 16 bytes per parameter over N). The optimizer then updates the shards
+        in place and `_publish_params` has nothing to copy.
+        """
+        for params, master in zip(self.group_params, self.master_partitions):
+            for p in params:
+                shard = p.ds_tensor
+                if shard.dtype != master.dtype or shard.device != master.device:
+                    continue
+                _, slot = self._slots[p.ds_id]
+                view = master.data.narrow(0, slot, shard.numel())
+                view.ds_numel, view.status, view.final_location = shard.ds_numel, shard.status, view.device
+                p.ds_tensor = view
 
     def _partition_signature(self) -> List[int]:
         return [m.numel() for m in self.master_partitions]
@@ -119,7 +137,9 @@ class DeepSpeedZeroOptimizer_Stage3(ZeroOptimizerCore):
             for p in params:
                 _, slot = self._slots[p.ds_id]
                 shard = p.ds_tensor
-                shard.copy_(master.narrow(0, slot, shard.numel()).to(device=shard.device, dtype=shard.dtype))
+                src = master.narrow(0, slot, shard.numel())
+                if shard.data_ptr() != src.data_ptr():  # aliased fp32 shards are already up to date
+                    shard.copy_(src.to(device=shard.device, dtype=shard.dtype))
                 if p.ds_persist:
                     persistent.append(p)
                 elif p.ds_status == ZeroParamStatus.AVAILABLE:
