@@ -9,6 +9,7 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.comm import groups
 from deepspeed.runtime.config import DeepSpeedConfig, load_config_source
 from deepspeed.runtime.engine import DeepSpeedEngine
+from deepspeed.runtime.hybrid_engine import DeepSpeedHybridEngine
 
 __all__ = ["initialize", "add_config_arguments"]
 
@@ -52,7 +53,7 @@ def initialize(args=None,
     ds_config = DeepSpeedConfig(raw, mpu=mpu, world_size=groups.get_data_parallel_world_size(mpu))
     engine_cls = DeepSpeedEngine
     if ds_config.hybrid_engine.enabled:
-        raise NotImplementedError("hybrid_engine.enabled is not available in this build yet")
+        engine_cls = DeepSpeedHybridEngine
     engine = engine_cls(args=args,
                         model=model,
                         optimizer=optimizer,

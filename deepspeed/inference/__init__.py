@@ -1,0 +1,1 @@
+"""Inference side of the Hybrid Engine: container policies, LoRA fusion, the KV-cache decode loop, TP sharding."""

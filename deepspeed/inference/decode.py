@@ -1,0 +1,302 @@
+"""The KV-cache decode loop over container views.
+
+One call = one prefill over the (left-padded) prompts, then one step per
+new token. Per layer and step: one fused qkv matmul, rotary, an in-place
+append into a preallocated K/V cache, `scaled_dot_product_attention` over a
+view of the cache, the output projection and the MLP. Nothing of full
+sequence length is allocated per step: the cache, the token buffer and the
+key-validity mask are allocated once per call (the cache once per engine,
+unless it must grow) and sliced.
+
+Semantics follow HF `generate` so greedy output matches it token for token:
+positions are `cumsum(attention_mask) - 1`, each new token's position is the
+previous one + 1, its mask entry is 1; finished rows (EOS seen) get
+`pad_token_id`; the loop stops when every row has finished or the length
+limit is reached. `segments` lets several callers' batches (tensor
+parallelism concatenates the TP group's batches) stop independently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from deepspeed.inference.containers.base import LayerView, ModelPolicy
+from deepspeed.inference.kernels import rotary_ref
+
+__all__ = ["GenerationParams", "KVWorkspace", "StaticLayers", "DecodeLoop", "Segment", "process_logits"]
+
+
+@dataclass
+class GenerationParams:
+    """The resolved HF generate arguments the decode path implements."""
+
+    max_new_tokens: int
+    eos_token_ids: Tuple[int, ...]
+    pad_token_id: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: Optional[int] = None
+    top_p: float = 1.0
+
+
+@dataclass
+class Segment:
+    """Rows [start, end) of the batch that stop together, after at most `max_new_tokens` steps."""
+
+    start: int
+    end: int
+    max_new_tokens: int
+    steps: int = 0
+    done: bool = False
+    #: seed of this segment's sampling generator (drawn from its owner's global RNG)
+    seed: int = 0
+
+
+class KVWorkspace:
+    """Per-layer K and V caches, (batch, kv_heads, length, head_dim), kept across calls and grown on demand."""
+
+    def __init__(self) -> None:
+        self.k: List[torch.Tensor] = []
+        self.v: List[torch.Tensor] = []
+        self._key: Optional[tuple] = None
+        self._capacity = (0, 0)
+
+    def reserve(self, n_layers: int, batch: int, kv_heads: int, length: int, head_dim: int, dtype: torch.dtype,
+                device: torch.device) -> None:
+        key = (n_layers, kv_heads, head_dim, dtype, device)
+        if key == self._key and batch <= self._capacity[0] and length <= self._capacity[1]:
+            return
+        self.release()
+        shape = (batch, kv_heads, length, head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self._key, self._capacity = key, (batch, length)
+
+    def release(self) -> None:
+        self.k, self.v, self._key, self._capacity = [], [], None, (0, 0)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+class StaticLayers:
+    """Views built once for the whole call (pinned parameters, or TP shards)."""
+
+    def __init__(self, views: Sequence[LayerView]) -> None:
+        self.views = list(views)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def iterate(self) -> Iterator[List[Tuple[int, LayerView]]]:
+        yield list(enumerate(self.views))
+
+    def participate(self) -> None:
+        """Nothing collective happens per step."""
+
+    @property
+    def meta(self) -> Tuple[int, int, torch.dtype]:
+        """(kv heads, head dim, dtype) of the cache."""
+        v = self.views[0]
+        return v.n_kv_heads, v.head_dim, v.qkv_w.dtype
+
+
+def process_logits(scores: torch.Tensor, params: GenerationParams) -> torch.Tensor:
+    """HF's sampling warpers in HF's order: temperature, top-k, top-p. scores (B, V) fp32."""
+    if params.temperature is not None and params.temperature != 1.0:
+        scores = scores / params.temperature
+    if params.top_k is not None and params.top_k > 0:
+        k = min(params.top_k, scores.shape[-1])
+        kth = torch.topk(scores, k)[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if params.top_p is not None and params.top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(scores, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - params.top_p)
+        remove_sorted[..., -1:] = False
+        remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
+        scores = scores.masked_fill(remove, -float("inf"))
+    return scores
+
+
+class DecodeLoop:
+    """Runs prefill + decode steps of one model over its layer views (see the module docstring).
+
+    `layers` yields the views group by group (`StaticLayers`, or the ZeRO-3
+    per-group gatherer of the hybrid engine). `reduce` all-reduces partial
+    outputs under tensor parallelism; `sync_tokens` makes every TP rank use
+    the same sampled tokens; `any_running` keeps data-parallel ranks in
+    lock-step when the layers gather collectively on every step.
+    """
+
+    def __init__(self, policy: ModelPolicy, layers, workspace: KVWorkspace,
+                 reduce: Optional[Callable[[torch.Tensor], None]] = None,
+                 sync_tokens: Optional[Callable[[torch.Tensor], None]] = None,
+                 any_running: Optional[Callable[[bool], bool]] = None,
+                 rotary: Callable = rotary_ref, cache_tokens: int = 0) -> None:
+        self.policy = policy
+        self.layers = layers
+        self.ws = workspace
+        self.reduce = reduce
+        self.sync_tokens = sync_tokens
+        self.any_running = any_running
+        self.rotary = rotary
+        self.cache_tokens = cache_tokens
+        self._rot: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    # ------------------------------------------------------------ one layer
+    def _attention(self, view: LayerView, idx: int, h: torch.Tensor, start: int, mask: torch.Tensor,
+                   cos: Optional[torch.Tensor], sin: Optional[torch.Tensor]) -> torch.Tensor:
+        b, s, _ = h.shape
+        q, k, v = view.split_qkv(F.linear(h, view.qkv_w, view.qkv_b))
+        if view.q_scale is not None:
+            q = q * view.q_scale
+        if view.rotary_dims:
+            q, k = self.rotary(q, k, cos, sin, view.rotary_dims)
+        end = start + s
+        kc, vc = self.ws.k[idx], self.ws.v[idx]
+        kc[:b, :, start:end].copy_(k)
+        vc[:b, :, start:end].copy_(v)
+        keys, values = kc[:b, :, :end], vc[:b, :, :end]
+        nq, nkv, hd = view.n_heads, view.n_kv_heads, view.head_dim
+        if s == 1:
+            # Each kv head serves nq/nkv query heads: fold them into the query length.
+            out = F.scaled_dot_product_attention(q.reshape(b, nkv, nq // nkv, hd), keys, values, attn_mask=mask,
+                                                 scale=view.attn_scale)
+            return F.linear(out.reshape(b, 1, nq * hd), view.out_w, view.out_b)
+        if nq != nkv:
+            keys = keys.repeat_interleave(nq // nkv, dim=1)
+            values = values.repeat_interleave(nq // nkv, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=view.attn_scale)
+        return F.linear(out.transpose(1, 2).reshape(b, s, nq * hd), view.out_w, view.out_b)
+
+    @staticmethod
+    def _mlp(view: LayerView, h: torch.Tensor) -> torch.Tensor:
+        u = F.linear(h, view.mlp_in_w, view.mlp_in_b)
+        if view.gated:
+            gate, up = u.chunk(2, dim=-1)
+            u = view.act(gate) * up
+        else:
+            u = view.act(u)
+        return F.linear(u, view.mlp_out_w, view.mlp_out_b)
+
+    def _reduce(self, t: torch.Tensor, view: LayerView) -> torch.Tensor:
+        if view.reduce_group is not None and self.reduce is not None:
+            self.reduce(t)
+        return t
+
+    def _layer(self, view: LayerView, idx: int, x: torch.Tensor, start: int, mask: torch.Tensor,
+               cos: Optional[torch.Tensor], sin: Optional[torch.Tensor]) -> torch.Tensor:
+        if view.residual == "post":
+            x = x + self._reduce(self._attention(view, idx, x, start, mask, cos, sin), view)
+            x = view.attn_norm(x)
+            return view.mlp_norm(x + self._reduce(self._mlp(view, x), view))
+        attn = self._attention(view, idx, view.attn_norm(x), start, mask, cos, sin)
+        if view.residual == "parallel":
+            if view.reduce_group is None:
+                return self._mlp(view, view.mlp_norm(x)) + attn + x
+            return self._reduce(attn + self._mlp(view, view.mlp_norm(x)), view) + x
+        x = x + self._reduce(attn, view)
+        return x + self._reduce(self._mlp(view, view.mlp_norm(x)), view)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
+        """ids, positions (B, S) -> logits of the last position (B, V), fp32."""
+        x = self.policy.embed(ids, positions)
+        cos = sin = None
+        if self._rot is not None:
+            cos, sin = self._rot[0][positions].unsqueeze(1), self._rot[1][positions].unsqueeze(1)
+        for group in self.layers.iterate():
+            for idx, view in group:
+                x = self._layer(view, idx, x, start, mask, cos, sin)
+        return self.policy.logits(x[:, -1]).float()
+
+    # ------------------------------------------------------------- the loop
+    def _choose(self, logits: torch.Tensor, params: GenerationParams, segments: List[Segment]) -> torch.Tensor:
+        if params.do_sample:
+            # One generator per segment: a rank's rows draw the same tokens whether or not
+            # they were concatenated with other ranks' rows (TP), given the same seed.
+            probs = F.softmax(process_logits(logits, params), dim=-1)
+            tokens = torch.zeros(probs.shape[0], dtype=torch.long, device=probs.device)
+            for s in segments:
+                if s.end > s.start:
+                    tokens[s.start:s.end] = torch.multinomial(probs[s.start:s.end], 1,
+                                                              generator=self._generators[id(s)]).squeeze(1)
+        else:
+            tokens = torch.argmax(logits, dim=-1)
+        if self.sync_tokens is not None:
+            self.sync_tokens(tokens)
+        return tokens
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: GenerationParams,
+                 segments: Optional[List[Segment]] = None,
+                 live_rows: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, List[Segment]]:
+        """input_ids, attention_mask (B, P), left-padded -> tokens (B, P + steps) and the segments' step counts.
+
+        `live_rows` (B,) bool marks real rows; padding rows added by TP batch
+        concatenation count as finished from the start.
+        """
+        b, p = input_ids.shape
+        device = input_ids.device
+        if segments is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item()) if params.do_sample else 0
+            segments = [Segment(0, b, params.max_new_tokens, seed=seed)]
+        total = p + max(s.max_new_tokens for s in segments)
+        n_kv_heads, head_dim, dtype = self.layers.meta
+        self.ws.reserve(len(self.layers), b, n_kv_heads, max(total, self.cache_tokens), head_dim, dtype, device)
+        rot = self.policy.rotary_table(total, device, dtype)
+        self._rot = rot
+        self._generators = {}
+        if params.do_sample:
+            for s in segments:
+                self._generators[id(s)] = torch.Generator(device=device).manual_seed(s.seed)
+
+        tokens = torch.full((b, total), params.pad_token_id, dtype=input_ids.dtype, device=device)
+        tokens[:, :p] = input_ids
+        valid = torch.ones((b, total), dtype=torch.bool, device=device)
+        valid[:, :p] = attention_mask.bool()
+        positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        next_pos = positions[:, -1:] + 1
+        unfinished = torch.ones(b, dtype=torch.bool, device=device) if live_rows is None else live_rows.clone()
+        eos = torch.tensor(params.eos_token_ids, dtype=input_ids.dtype, device=device)
+
+        causal = torch.ones((p, p), dtype=torch.bool, device=device).tril_()
+        # A row always sees its own position, so all-padding rows stay finite.
+        prefill_mask = (causal & valid[:, None, :p]) | torch.eye(p, dtype=torch.bool, device=device)
+        logits = self._forward(input_ids, positions, 0, prefill_mask.unsqueeze(1))
+
+        step = 0
+        while True:
+            running = not all(s.done for s in segments)
+            if self.any_running is not None:
+                if not self.any_running(running):
+                    break
+            elif not running:
+                break
+            if not running:
+                # Other ranks still decode and gather collectively: take part without computing.
+                self.layers.participate()
+                continue
+            new = self._choose(logits, params, segments)
+            new = torch.where(unfinished, new, torch.full_like(new, params.pad_token_id))
+            tokens[:, p + step] = new
+            if eos.numel():
+                unfinished &= ~torch.isin(new, eos)
+            step += 1
+            for s in segments:
+                if not s.done:
+                    s.steps = step
+                    s.done = step >= s.max_new_tokens or not bool(unfinished[s.start:s.end].any())
+            if all(s.done for s in segments):
+                if self.any_running is None:
+                    break
+                self.layers.participate()  # this iteration's collective step, without the compute
+                continue
+            end = p + step
+            logits = self._forward(new.unsqueeze(1), next_pos, end - 1, valid[:, None, None, :end])
+            next_pos = next_pos + 1
+        self._rot = None
+        return tokens[:, :p + step], segments

@@ -1,0 +1,115 @@
+"""Torch references of the decode-path kernels, and the dispatch to the CUDA ones.
+
+Each function here is both the CPU implementation and the test oracle of
+the matching kernel in csrc/transformer/inference/ (built by
+`InferenceBuilder`). The references compute exactly what the HF modules
+compute, op for op, so the CPU decode path matches HF's greedy tokens.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["rms_norm_ref", "layer_norm_ref", "rotate_half", "rotary_ref", "bias_act_ref", "InferenceKernels",
+           "ACTIVATIONS"]
+
+#: activation name -> code shared with the CUDA kernel (csrc/transformer/inference/bias_activation.cu)
+ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (..., H) -> weight * x / rms(x); statistics in fp32 (Llama's RMSNorm)."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def layer_norm_ref(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                   eps: float) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotary_ref(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               rotary_dims: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rotate the first `rotary_dims` channels of q and k (NeoX half-split convention).
+
+    q (B, nq, S, hd), k (B, nkv, S, hd), cos/sin broadcastable to (B, 1, S, rotary_dims).
+    """
+    if rotary_dims == q.shape[-1]:
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    q_rot, q_pass = q[..., :rotary_dims], q[..., rotary_dims:]
+    k_rot, k_pass = k[..., :rotary_dims], k[..., rotary_dims:]
+    q = torch.cat((q_rot * cos + rotate_half(q_rot) * sin, q_pass), dim=-1)
+    k = torch.cat((k_rot * cos + rotate_half(k_rot) * sin, k_pass), dim=-1)
+    return q, k
+
+
+def bias_act_ref(x: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+    """act(x + bias), the epilogue of an MLP-in matmul."""
+    if bias is not None:
+        x = x + bias
+    if activation == "relu":
+        return F.relu(x)
+    if activation == "gelu":
+        return F.gelu(x)
+    if activation == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if activation == "silu":
+        return F.silu(x)
+    raise ValueError(f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+
+
+class InferenceKernels:
+    """The decode-path ops: the CUDA op when it is built and the tensor is on CUDA, else the reference.
+
+    `op` is the loaded `transformer_inference` extension, or None (CPU, or
+    no compiler): nothing is built or loaded at construction.
+    """
+
+    def __init__(self, op: Optional[Any] = None) -> None:
+        self.op = op
+
+    @classmethod
+    def load(cls) -> "InferenceKernels":
+        """Try to JIT-build the CUDA op; fall back to the references if that is impossible."""
+        try:
+            from deepspeed.ops.op_builder import InferenceBuilder
+            builder = InferenceBuilder()
+            if not builder.is_compatible(verbose=False):
+                return cls(None)
+            return cls(builder.load(verbose=False))
+        except Exception:  # no nvcc / no CUDA: the references are exact, only slower
+            return cls(None)
+
+    def _use(self, t: torch.Tensor) -> bool:
+        return self.op is not None and t.is_cuda and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if self._use(x):
+            return self.op.rms_norm(x.contiguous(), weight, eps)
+        return rms_norm_ref(x, weight, eps)
+
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        if self._use(x) and weight is not None and bias is not None:
+            return self.op.layer_norm(x.contiguous(), weight, bias, eps)
+        return layer_norm_ref(x, weight, bias, eps)
+
+    def bias_act(self, x: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+        if self._use(x) and bias is not None:
+            return self.op.bias_activation(x.contiguous(), bias, ACTIVATIONS[activation])
+        return bias_act_ref(x, bias, activation)
+
+    def rotary(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               rotary_dims: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        return rotary_ref(q, k, cos, sin, rotary_dims)
+
+
+RotaryFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], Tuple[torch.Tensor, torch.Tensor]]

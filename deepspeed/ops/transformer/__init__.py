@@ -1,0 +1,1 @@
+"""Transformer ops (the inference kernels of the Hybrid Engine)."""

@@ -1,0 +1,128 @@
+"""The KV-cache decode loop, single process: HF greedy parity, EOS/padding, sampling warpers, cache reuse."""
+import pytest
+import torch
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+from deepspeed.inference.containers import find_policy
+from deepspeed.inference.decode import DecodeLoop, GenerationParams, KVWorkspace, StaticLayers, process_logits
+from deepspeed.inference.generate_args import resolve_generation
+from deepspeed.inference.kernels import bias_act_ref, rms_norm_ref, rotary_ref
+
+
+def tiny(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    if family == "opt":
+        model = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                         num_attention_heads=4, max_position_embeddings=64, pad_token_id=1,
+                                         eos_token_id=2, bos_token_id=2))
+    elif family == "opt_post_ln":  # OPT-350m's arrangement: post-LN and a projected embedding
+        model = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                         num_attention_heads=4, max_position_embeddings=64, pad_token_id=1,
+                                         eos_token_id=2, bos_token_id=2, do_layer_norm_before=False,
+                                         word_embed_proj_dim=16))
+    elif family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+                                             pad_token_id=0, eos_token_id=2, bos_token_id=1))
+    else:
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=2, num_attention_heads=4,
+                                                 max_position_embeddings=64, rotary_pct=0.25,
+                                                 use_parallel_residual=False, pad_token_id=0, eos_token_id=2))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+def left_padded(pad: int, lengths=(6, 2, 4), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, width - n:] = torch.randint(3, 64, (n,), generator=g)
+        mask[i, width - n:] = 1
+    return ids, mask
+
+
+def loop_for(model, workspace=None):
+    policy = find_policy(model)
+    return DecodeLoop(policy, StaticLayers([policy.layer_view(l) for l in policy.layers]), workspace or KVWorkspace())
+
+
+@pytest.mark.parametrize("family", ["opt", "opt_post_ln", "llama", "neox"])
+def test_greedy_matches_hf_generate(family):
+    model = tiny(family)
+    pad = model.config.pad_token_id
+    ids, mask = left_padded(pad)
+    with torch.no_grad():
+        ref = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=pad)
+        params, why = resolve_generation(model, ids.shape[1], {"max_new_tokens": 10, "pad_token_id": pad})
+        assert why is None
+        out, _ = loop_for(model).generate(ids, mask, params)
+    assert torch.equal(out, ref)
+
+
+def test_eos_stops_rows_and_pads_them_like_hf():
+    model = tiny("llama")
+    ids, mask = left_padded(0, lengths=(5, 3, 4, 5), seed=3)
+    with torch.no_grad():
+        free, _ = loop_for(model).generate(ids, mask, GenerationParams(6, (), 0))
+        # "EOS" := a token row 0 generates early that some other row never generates
+        row0 = free[0, 5:].tolist()
+        eos = next(t for t in row0[:-1] if any(t not in free[r, 5:].tolist() for r in range(1, 4)))
+        ref = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=eos,
+                             pad_token_id=0)
+        out, _ = loop_for(model).generate(ids, mask, GenerationParams(6, (eos,), 0))
+    assert torch.equal(out, ref)
+    hit = 5 + row0.index(eos)
+    assert int(out[0, hit]) == eos and all(int(t) == 0 for t in out[0, hit + 1:])  # pads after EOS
+
+
+def test_unsupported_generate_options_are_reported():
+    model = tiny("opt")
+    assert resolve_generation(model, 4, {"num_beams": 2})[0] is None
+    assert resolve_generation(model, 4, {"repetition_penalty": 1.3})[0] is None
+    params, _ = resolve_generation(model, 4, {"max_length": 12, "do_sample": True, "top_p": 0.5})
+    assert params.max_new_tokens == 8 and params.do_sample and params.top_k == 50 and params.top_p == 0.5
+
+
+def test_sampling_warpers_match_hf_processors():
+    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+    scores = torch.randn(4, 64)
+    hf = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(10), TopPLogitsWarper(0.8)])
+    mine = process_logits(scores.clone(), GenerationParams(1, (), 0, True, 0.7, 10, 0.8))
+    assert torch.equal(mine, hf(None, scores.clone()))
+
+
+def test_kv_cache_is_reused_across_calls():
+    model = tiny("llama")
+    ws = KVWorkspace()
+    ids, mask = left_padded(0)
+    with torch.no_grad():
+        loop_for(model, ws).generate(ids, mask, GenerationParams(5, (), 0))
+        ptrs = [t.data_ptr() for t in ws.k]
+        loop_for(model, ws).generate(ids[:2], mask[:2], GenerationParams(3, (), 0))
+    assert [t.data_ptr() for t in ws.k] == ptrs
+    assert ws.k[0].shape == (3, 1, 6 + 5, 8)  # (batch, kv heads, prompt + new, head dim): GQA keeps 1 kv head
+    ws.release()
+    assert ws.nbytes == 0
+
+
+def test_kernel_references():
+    x = torch.randn(3, 16)
+    w = torch.randn(16)
+    torch.testing.assert_close(rms_norm_ref(x, w, 1e-6), w * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    b = torch.randn(16)
+    torch.testing.assert_close(bias_act_ref(x, b, "silu"), (x + b) * torch.sigmoid(x + b))
+    # rotary by an angle theta on the pair (x_i, x_{i+d/2}) is a plane rotation
+    q = torch.randn(1, 1, 1, 4)
+    theta = torch.tensor([0.3, 1.1])
+    cos, sin = torch.cat([theta.cos()] * 2), torch.cat([theta.sin()] * 2)
+    rq, _ = rotary_ref(q, q, cos, sin, 4)
+    x1, x2 = q[..., :2], q[..., 2:]
+    torch.testing.assert_close(rq, torch.cat([x1 * theta.cos() - x2 * theta.sin(),
+                                              x2 * theta.cos() + x1 * theta.sin()], -1))
