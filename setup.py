@@ -134,6 +134,7 @@ setup(
         "console_scripts": [
             "deepspeed=deepspeed.launcher.runner:main",
             "ds_report=deepspeed.env_report:cli_main",
+            "ds-chat=dschat.cli.main:main",
         ]
     },
 )

@@ -106,6 +106,10 @@ def run_distributed(fn: Callable, world_size: int = 2, args: Sequence = (), kwar
     not created, so `fn` can test initialisation itself. Returns the ranks'
     return values in rank order.
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        raise AssertionError("run_distributed: this (parent) process already holds a torch.distributed process "
+                             "group, which forked ranks would inherit and hang on; run the code that initialises "
+                             "it (deepspeed.initialize, zero.Init, ...) inside run_distributed instead")
     ctx = multiprocessing.get_context("fork")
     port = _free_port()
     procs, conns = [], []

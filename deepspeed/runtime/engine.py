@@ -80,6 +80,7 @@ class DeepSpeedEngine(torch.nn.Module):
 
         self.timers = SynchronizedWallClockTimer(get_accelerator().synchronize)
         self.monitor = MonitorMaster(self._config.monitor_config, rank=self.global_rank)
+        self._warn_ignored_offload()
         self._configure_model(dont_change_device)
 
         self.basic_optimizer = self._build_basic_optimizer(optimizer, model_parameters)
@@ -94,6 +95,13 @@ class DeepSpeedEngine(torch.nn.Module):
         if arg_rank is not None and arg_rank >= 0 and arg_rank != self.local_rank:
             raise ValueError(f"args.local_rank={arg_rank} does not match LOCAL_RANK={self.local_rank} set by the "
                              f"launcher; do not override --local_rank")
+
+    def _warn_ignored_offload(self) -> None:
+        # DeepSpeed ignores offload_param below stage 3 (DS-Chat always sets it with
+        # --offload), so this is a warning, not an error.
+        if self._config.zero_config.offload_param_device != "none" and self.zero_optimization_stage() != 3:
+            log_dist("zero_optimization.offload_param only applies at ZeRO stage 3; ignoring it at stage "
+                     f"{self.zero_optimization_stage()}", ranks=[0])
 
     def _compute_dtype(self) -> torch.dtype:
         if self.fp16_enabled():
@@ -155,9 +163,6 @@ class DeepSpeedEngine(torch.nn.Module):
         if zc.offload_optimizer_device == "cpu" and stage == 0:
             raise ValueError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3; set "
                              "zero_optimization.stage")
-        if zc.offload_param_device == "cpu" and stage != 3:
-            raise ValueError("zero_optimization.offload_param needs ZeRO stage 3 (parameters are only "
-                             "partitioned at stage 3); use offload_optimizer at stages 1 and 2")
         if stage > 0 and not isinstance(basic, ZERO_SUPPORTED_OPTIMIZERS) \
                 and not self._config.zero_allow_untested_optimizer:
             raise ValueError(f"ZeRO has not been tested with {type(basic).__name__}; set "

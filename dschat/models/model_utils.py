@@ -221,7 +221,10 @@ def _full_shape(tensor: torch.Tensor) -> tuple:
 
 
 def _check_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = {k: _full_shape(v) for k, v in model.state_dict().items()
+    # Shapes come from the parameters themselves: under ZeRO-3 `state_dict()`
+    # holds empty tensors, while each parameter keeps its full `ds_shape`.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    expected = {k: _full_shape(params.get(k, v)) for k, v in model.state_dict().items()
                 if not any(part in k for part in LORA_PARAM_NAMES)}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
