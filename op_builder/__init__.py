@@ -16,15 +16,17 @@ from .cpu_quantizer import CPUQuantizerBuilder
 from .fused_adam import FusedAdamBuilder
 from .noop import NoopBuilder
 from .quantizer import QuantizerBuilder
+from .transformer_inference import InferenceBuilder
 
 __all__ = [
     "ALL_OPS", "OpBuilder", "CPUOpBuilder", "CUDAOpBuilder", "OpBuildError", "CPUAdamBuilder", "CPUAdagradBuilder",
-    "CPULionBuilder", "FusedAdamBuilder", "QuantizerBuilder", "CPUQuantizerBuilder", "NoopBuilder"
+    "CPULionBuilder", "FusedAdamBuilder", "QuantizerBuilder", "CPUQuantizerBuilder", "NoopBuilder",
+    "InferenceBuilder"
 ]
 
 #: Map of op name -> builder class, for every op the package ships.
 ALL_OPS: Dict[str, Type[OpBuilder]] = {
     cls.NAME: cls
     for cls in (CPUAdamBuilder, CPUAdagradBuilder, CPULionBuilder, FusedAdamBuilder, QuantizerBuilder,
-                CPUQuantizerBuilder)
+                CPUQuantizerBuilder, InferenceBuilder)
 }
