@@ -17,7 +17,7 @@ from deepspeed.comm import groups
 from deepspeed.monitor.monitor import MonitorMaster
 from deepspeed.runtime.checkpoint import engine_checkpoint
 from deepspeed.runtime.config import DeepSpeedConfig
-from deepspeed.runtime.optimizer_factory import ZERO_SUPPORTED_OPTIMIZERS, build_optimizer
+from deepspeed.runtime.optimizer_factory import DS_CPU_OPTIMIZERS, ZERO_SUPPORTED_OPTIMIZERS, build_optimizer
 from deepspeed.runtime.precision.loss_scaler import loss_scaler_from_config
 from deepspeed.runtime.precision.master_weights import BF16_Optimizer, FP16_Optimizer
 from deepspeed.runtime.scheduler_factory import build_lr_scheduler, resolve_client_scheduler
@@ -152,7 +152,10 @@ class DeepSpeedEngine(torch.nn.Module):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or a callable, got {type(client_optimizer)}")
         if self._config.optimizer_config is None:
             return None
-        return build_optimizer(self._config.optimizer_config.type, self._config.optimizer_params, model_parameters)
+        offload = self.zero_optimization_stage() > 0 and \
+            self._config.zero_config.offload_optimizer_device == "cpu"
+        return build_optimizer(self._config.optimizer_config.type, self._config.optimizer_params, model_parameters,
+                               offload=offload)
 
     def _wrap_optimizer(self, basic: torch.optim.Optimizer):
         stage = self.zero_optimization_stage()
@@ -163,6 +166,12 @@ class DeepSpeedEngine(torch.nn.Module):
         if zc.offload_optimizer_device == "cpu" and stage == 0:
             raise ValueError("zero_optimization.offload_optimizer needs ZeRO stage 1, 2 or 3; set "
                              "zero_optimization.stage")
+        if zc.offload_optimizer_device == "cpu" and not isinstance(basic, DS_CPU_OPTIMIZERS) \
+                and self._config.zero_force_ds_cpu_optimizer:
+            raise ValueError(f"ZeRO-Offload steps the optimizer on the CPU and needs one of DeepSpeed's CPU optimizers "
+                             f"(DeepSpeedCPUAdam, DeepSpeedCPUAdagrad, DeepSpeedCPULion), got "
+                             f"{type(basic).__name__}; pass one, use the config's \"optimizer\" section, or set "
+                             f"\"zero_force_ds_cpu_optimizer\": false")
         if stage > 0 and not isinstance(basic, ZERO_SUPPORTED_OPTIMIZERS) \
                 and not self._config.zero_allow_untested_optimizer:
             raise ValueError(f"ZeRO has not been tested with {type(basic).__name__}; set "

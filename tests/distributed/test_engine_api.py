@@ -17,7 +17,9 @@ def _basics():
     model.custom_attribute = "from the module"
     engine, opt, loader, sched = deepspeed.initialize(model=model, config=dict(BASE, gradient_accumulation_steps=2))
     assert loader is None and sched is None and opt is engine.optimizer
-    assert isinstance(engine.basic_optimizer, torch.optim.AdamW)  # "Adam" means AdamW
+    from deepspeed.ops.adam import FusedAdam
+    assert isinstance(engine.basic_optimizer, FusedAdam)  # "Adam" means AdamW ...
+    assert engine.basic_optimizer.adam_w_mode == 1  # ... unless adam_w_mode is false
     assert engine.custom_attribute == "from the module"
     with pytest.raises(AttributeError, match="no_such_thing"):
         engine.no_such_thing
@@ -51,14 +53,22 @@ def test_engine_basics():
 
 def _optimizer_choice():
     import deepspeed
-    from deepspeed.runtime.lion import Lion
+    from deepspeed.ops.adam import DeepSpeedCPUAdam, FusedAdam
+    from deepspeed.ops.lion import FusedLion
     made = {}
-    for name, params, cls in [("Adam", {"adam_w_mode": False}, torch.optim.Adam), ("AdamW", {}, torch.optim.AdamW),
-                              ("Lion", {}, Lion), ("Adagrad", {}, torch.optim.Adagrad), ("SGD", {}, torch.optim.SGD),
-                              ("RMSprop", {}, torch.optim.RMSprop)]:
-        config = dict(BASE, optimizer={"type": name, "params": dict(params, lr=1e-3)})
+    offload = {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+    for name, params, zero, cls in [("Adam", {"adam_w_mode": False}, {}, FusedAdam), ("AdamW", {}, {}, FusedAdam),
+                                    ("Adam", {"torch_adam": True}, {}, torch.optim.AdamW),
+                                    ("Adam", {"torch_adam": True, "adam_w_mode": False}, {}, torch.optim.Adam),
+                                    ("AdamW", {}, offload, DeepSpeedCPUAdam), ("Lion", {}, {}, FusedLion),
+                                    ("Adagrad", {}, {}, torch.optim.Adagrad), ("SGD", {}, {}, torch.optim.SGD),
+                                    ("RMSprop", {}, {}, torch.optim.RMSprop)]:
+        config = dict(BASE, optimizer={"type": name, "params": dict(params, lr=1e-3)}, zero_optimization=zero)
         engine, _, _, _ = deepspeed.initialize(model=make_model(), config=config)
-        made[name] = type(engine.basic_optimizer) is cls
+        key = f"{name}{params}{zero}"
+        made[key] = type(engine.basic_optimizer) is cls
+        if cls is FusedAdam:
+            made[key] &= engine.basic_optimizer.adam_w_mode == int(params.get("adam_w_mode", True))
     with pytest.raises(ValueError, match="unknown optimizer type 'Adamm'"):
         deepspeed.initialize(model=make_model(), config=dict(BASE, optimizer={"type": "Adamm"}))
     # client optimizer as a callable, client scheduler as a callable

@@ -60,6 +60,9 @@ class ZeroOptimizerCore:
         self.skip_step = False
         self._global_grad_norm: Optional[float] = None
         self.master_partitions: List[torch.Tensor] = []
+        #: offload + a 16-bit model: the CPU optimizer writes the updated values
+        #: in the model dtype into these, in the same pass as the update
+        self._param_copies: Optional[List[torch.Tensor]] = None
 
     # ----------------------------------------------------- subclass hooks
     def _finish_reduction(self) -> None:
@@ -95,6 +98,35 @@ class ZeroOptimizerCore:
             self.master_partitions.append(master)
             group["params"] = [master]
         self._reset_inner_state()
+
+    def _setup_param_copies(self, model_dtypes: Sequence[torch.dtype]) -> None:
+        """Under offload, let the CPU optimizer emit 16-bit parameters directly (fused copy).
+
+        Sending parameters back then reads 2 bytes per element instead of
+        re-reading and casting the fp32 master.
+        """
+        if not self.offload_optimizer or not hasattr(self.optimizer, "step_with_copy"):
+            return
+        if not all(dtype in (torch.float16, torch.bfloat16) for dtype in model_dtypes):
+            return
+        copies = []
+        for master, dtype in zip(self.master_partitions, model_dtypes):
+            copy = torch.empty(master.numel(), dtype=dtype)
+            if self.pin_memory and torch.cuda.is_available():
+                copy = copy.pin_memory()
+            copies.append(copy)
+        self._param_copies = copies
+        self._refresh_param_copies()
+
+    def _refresh_param_copies(self) -> None:
+        for copy, master in zip(self._param_copies or [], self.master_partitions):
+            copy.copy_(master)
+
+    def _publish_source(self, group_index: int) -> torch.Tensor:
+        """What `_publish_params` sends back: the fused 16-bit copy, or the fp32 master."""
+        if self._param_copies is not None:
+            return self._param_copies[group_index]
+        return self.master_partitions[group_index]
 
     def _reset_inner_state(self) -> None:
         """Drop state keyed by the original params and re-create eager state.
@@ -207,7 +239,9 @@ class ZeroOptimizerCore:
         if factor != 1.0:
             for m in self.master_partitions:
                 m.grad.mul_(factor)
-        if closure is not None:
+        if self._param_copies is not None:
+            self.optimizer.step_with_copy([[c] for c in self._param_copies], closure=closure)
+        elif closure is not None:
             self.optimizer.step(closure)
         else:
             self.optimizer.step()
@@ -254,6 +288,7 @@ class ZeroOptimizerCore:
         if load_from_fp32_weights:
             for master, saved_master in zip(self.master_partitions, state_dict["fp32_flat_groups"]):
                 master.data.copy_(saved_master)
+            self._refresh_param_copies()
             self._publish_params()
         else:
             self.refresh_fp32_from_params()

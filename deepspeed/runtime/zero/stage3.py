@@ -55,6 +55,8 @@ class DeepSpeedZeroOptimizer_Stage3(ZeroOptimizerCore):
             masters.append(torch.cat([p.ds_tensor.reshape(-1).float() for p in params]) if params
                            else torch.zeros(0))
         self._install_masters(masters)
+        self._setup_param_copies([params[0].ds_state.dtype if params else torch.float32
+                                  for params in self.group_params])
         self._alias_fp32_shards()
         self._bucket: List[Tuple[torch.nn.Parameter, torch.Tensor]] = []
         self._bucket_numel = 0
@@ -133,11 +135,11 @@ class DeepSpeedZeroOptimizer_Stage3(ZeroOptimizerCore):
     # ------------------------------------------------------------- publish
     def _publish_params(self) -> None:
         persistent = []
-        for params, master in zip(self.group_params, self.master_partitions):
+        for gi, params in enumerate(self.group_params):
             for p in params:
                 _, slot = self._slots[p.ds_id]
                 shard = p.ds_tensor
-                src = master.narrow(0, slot, shard.numel())
+                src = self._publish_source(gi).narrow(0, slot, shard.numel())
                 if shard.data_ptr() != src.data_ptr():  # aliased fp32 shards are already up to date
                     shard.copy_(src.to(device=shard.device, dtype=shard.dtype))
                 if p.ds_persist:
@@ -156,6 +158,7 @@ class DeepSpeedZeroOptimizer_Stage3(ZeroOptimizerCore):
         for params, master in zip(self.group_params, self.master_partitions):
             if params:
                 master.data.copy_(torch.cat([p.ds_tensor.reshape(-1).float() for p in params]))
+        self._refresh_param_copies()
 
     def state_dict(self) -> Dict:
         state = super().state_dict()

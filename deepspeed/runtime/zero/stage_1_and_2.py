@@ -51,6 +51,8 @@ class DeepSpeedZeroOptimizer(ZeroOptimizerCore):
             self.layouts.append(layout)
             masters.append(layout.gather_local_chunks(self.shard_rank))
         self._install_masters(masters)
+        self._setup_param_copies([layout.buckets[0].buffer.dtype if layout.buckets else torch.float32
+                                  for layout in self.layouts])
 
     def _partitions_are_sharded(self) -> bool:
         return self.shard_world > 1
@@ -113,9 +115,9 @@ class DeepSpeedZeroOptimizer(ZeroOptimizerCore):
     def _publish_params(self) -> None:
         """Copy updated master chunks into the 16-bit buffers and all-gather them."""
         pending = []
-        for layout, master in zip(self.layouts, self.master_partitions):
+        for gi, layout in enumerate(self.layouts):
             for bucket in layout.buckets:
-                src = master.narrow(0, bucket.partition_offset, bucket.chunk_numel)
+                src = self._publish_source(gi).narrow(0, bucket.partition_offset, bucket.chunk_numel)
                 if self.shard_world == 1:
                     bucket.buffer.copy_(src)
                     continue
@@ -133,6 +135,7 @@ class DeepSpeedZeroOptimizer(ZeroOptimizerCore):
     def refresh_fp32_from_params(self) -> None:
         for layout, master in zip(self.layouts, self.master_partitions):
             master.data.copy_(layout.gather_local_chunks(self.shard_rank).to(master.dtype))
+        self._refresh_param_copies()
 
     def state_dict(self):
         state = super().state_dict()
