@@ -6,10 +6,22 @@ from typing import Iterable, Optional
 __all__ = ["logger", "log_dist", "print_rank_0"]
 
 
+class _CurrentStdoutHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at emit time, so redirections and tees see our lines too."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
 def _make_logger() -> logging.Logger:
     log = logging.getLogger("DeepSpeed")
     if not log.handlers:
-        handler = logging.StreamHandler(stream=sys.stdout)
+        handler = _CurrentStdoutHandler()
         handler.setFormatter(logging.Formatter("[%(asctime)s] [%(levelname)s] [%(filename)s:%(lineno)d] %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -202,6 +202,17 @@ def step3_parser() -> argparse.ArgumentParser:
         precision.add_argument(f"--{role}_gradient_checkpointing", action="store_true",
                                help=f"activation checkpointing for the {role}")
         precision.add_argument(f"--{role}_dropout", type=float, default=None, help=f"{role} dropout (None: keep)")
+    hybrid = parser.add_argument_group("Hybrid Engine")
+    hybrid.add_argument("--enable_hybrid_engine", action="store_true",
+                        help="generate experience with DeepSpeed's Hybrid Engine (fused LoRA, KV-cache decode)")
+    hybrid.add_argument("--unpin_actor_parameters", action="store_true",
+                        help="ZeRO-3: gather --tp_gather_partition_size layers at a time instead of all at once")
+    hybrid.add_argument("--release_inference_cache", action="store_true",
+                        help="free the Hybrid Engine's KV cache after every generate call")
+    hybrid.add_argument("--inference_tp_size", type=int, default=1,
+                        help="tensor-parallel degree of generation (needs --actor_zero_stage 3)")
+    hybrid.add_argument("--tp_gather_partition_size", type=int, default=8,
+                        help="layers gathered at a time with --unpin_actor_parameters or tensor parallelism")
     lora = parser.add_argument_group("LoRA")
     for role in ("actor", "critic"):
         lora.add_argument(f"--{role}_lora_dim", type=int, default=0, help=f"{role} LoRA rank; > 0 turns it on")
@@ -257,9 +268,9 @@ def parse_step3_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace
 def validate_step3_args(args: argparse.Namespace) -> List[str]:
     """The step-3 combinations that cannot work, each with the reason.
 
-    DS-Chat's parse-time checks concern the Hybrid Engine (tensor-parallel
-    inference, ZeRO-2 + HE + offload), which this runtime does not have yet;
-    what is rejected here is what would fail later, mid-run.
+    Only what would fail later, mid-run, is rejected. DS-Chat also refused
+    ZeRO-2 + Hybrid Engine + offload without actor LoRA as "unstable"; that
+    combination works here and is allowed.
     """
     errors = []
     positive = ("per_device_generation_batch_size", "per_device_training_batch_size", "generation_batches",
@@ -272,6 +283,15 @@ def validate_step3_args(args: argparse.Namespace) -> List[str]:
         errors.append("--save_steps/--resume need --output_dir or --checkpoint_dir to know where checkpoints live")
     if args.save_steps < 0:
         errors.append(f"--save_steps must be >= 0, got {args.save_steps}")
+    if args.inference_tp_size < 1:
+        errors.append(f"--inference_tp_size must be >= 1, got {args.inference_tp_size}")
+    if args.inference_tp_size > 1 and args.actor_zero_stage != 3:
+        errors.append(f"--inference_tp_size {args.inference_tp_size} shards the actor for generation, which needs "
+                      f"its parameters partitioned: use --actor_zero_stage 3 (got {args.actor_zero_stage})")
+    if args.inference_tp_size > 1 and not args.enable_hybrid_engine:
+        errors.append("--inference_tp_size > 1 only applies with --enable_hybrid_engine")
+    if args.tp_gather_partition_size < 1:
+        errors.append(f"--tp_gather_partition_size must be >= 1, got {args.tp_gather_partition_size}")
     if args.do_sample and args.temperature <= 0:
         errors.append(f"--temperature must be > 0 with --do_sample, got {args.temperature}")
     return errors

@@ -60,7 +60,7 @@ def test_step3_defaults_match_spec():
                  "actor_gradient_checkpointing", "critic_gradient_checkpointing", "only_optimize_lora"):
         assert getattr(a, flag) is False
     # Features of later issues do not have their flags yet.
-    for later in ("enable_hybrid_engine", "enable_mixed_precision_lora", "inference_tp_size"):
+    for later in ("enable_mixed_precision_lora",):
         assert not hasattr(a, later)
 
 
@@ -204,3 +204,16 @@ def test_demo_summary_table_and_png(tmp_path):
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", header[16:24])
     assert width > 100 and height > 100
+
+
+def test_hybrid_engine_flags_and_checks():
+    from dschat.cli.args import parse_step3_args
+    base = ["--actor_model_name_or_path", "a", "--critic_model_name_or_path", "c"]
+    args = parse_step3_args(base)
+    assert (args.enable_hybrid_engine, args.unpin_actor_parameters, args.release_inference_cache,
+            args.inference_tp_size, args.tp_gather_partition_size) == (False, False, False, 1, 8)
+    args = parse_step3_args(base + ["--enable_hybrid_engine", "--actor_zero_stage", "3", "--inference_tp_size", "2",
+                                    "--unpin_actor_parameters", "--release_inference_cache"])
+    assert args.inference_tp_size == 2 and args.unpin_actor_parameters
+    with pytest.raises(SystemExit):
+        parse_step3_args(base + ["--enable_hybrid_engine", "--actor_zero_stage", "2", "--inference_tp_size", "2"])
