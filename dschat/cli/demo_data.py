@@ -1,80 +1,41 @@
-"""The demo's preference data: the embedded synthetic set plus hard negatives.
+"""The demo's preference data: the embedded synthetic set, restricted to the list tasks.
 
-Why: in the embedded set a wrong answer to "smallest number in 4 17 8" is
-always *another member of the list*, so it is always larger than the right
-one; likewise wrong maxima are smaller and wrong sorts are shuffles of the
-right numbers. A reward model learns "smaller is better" / "ascending is
-better", which is perfect on that data, and PPO then exploits it (the actor
-learns to answer "0" or any ascending list): the reward rises while the task
-success falls. Real preference data does not have such a shortcut, so the
-demo adds rejected answers that defeat it: for half of the "wrong" rejected
-answers of the min / max / sort tasks, a number *outside* the list that is
-smaller than the minimum (larger than the maximum), or an ascending list with
-one number changed. Everything else is the embedded set unchanged.
+Why restricted: the demo trains a 4-layer model from scratch for about a
+minute per step. In that time it learns the list operations (largest,
+smallest, sort, list length) but not two-digit arithmetic, word
+transforms or the look-up tables (task success ~0 there), and a reward
+model built on it ranks its own answers to those prompts at chance. Those
+prompts add only noise to PPO and to the task-success metric, so the demo
+uses the four list families (`DEMO_FAMILIES`); `ds-chat train` on other
+data and the `dschat/synthetic` source keep every family.
+
+The generator's rejected answers have no surface shortcut ([Note: no
+shortcuts] in dschat/data/synthetic.py); the demo once patched them here
+with hard negatives, which is now unnecessary.
 
 The set is written as `train.json`/`eval.json` (the `local/jsonfile` record
 format), which every step reads through `--data_path <folder>`. The folder
 name carries the content's fingerprint, so a changed recipe never reuses an
 old folder.
 """
-import dataclasses
 import os
-import random
-import re
-from typing import Dict, List, Optional
+from typing import List, Sequence
 
-from dschat.data.synthetic import SyntheticTasks, expected_answer, write_jsonfile_dataset
+from dschat.data.synthetic import SyntheticTasks, write_jsonfile_dataset
 
-__all__ = ["HardNegativeTasks", "write_demo_dataset", "hard_negative", "write_policy_pairs"]
+__all__ = ["DEMO_FAMILIES", "demo_tasks", "write_demo_dataset", "write_policy_pairs"]
 
-_HARD_SHARE = 0.5
-_HARD_VERSION = 1
+DEMO_FAMILIES = ("max", "min", "sort", "list_length")
 
 
-def _numbers(prompt: str) -> List[int]:
-    return [int(x) for x in re.findall(r"\d+", prompt.split("Human:")[-1])]
+def demo_tasks(train_size: int, eval_size: int, families: Sequence[str] = DEMO_FAMILIES) -> SyntheticTasks:
+    """The generator settings of the demo set."""
+    return SyntheticTasks(train_size=train_size, eval_size=eval_size, families=tuple(families))
 
 
-def hard_negative(rng: random.Random, task: str, prompt: str) -> Optional[str]:
-    """A wrong answer to `prompt` that the obvious shortcut of `task` would rank as right, or None."""
-    listed = _numbers(prompt)
-    if task == "min":
-        smaller = [n for n in range(0, min(listed))]
-        return str(rng.choice(smaller)) if smaller else None
-    if task == "max":
-        return str(rng.randint(max(listed) + 1, max(listed) + 10))
-    if task == "sort":
-        outside = [n for n in range(0, 25) if n not in listed]
-        values = sorted(listed)
-        values[rng.randrange(len(values))] = rng.choice(outside)
-        values.sort()
-        wrong = " ".join(str(v) for v in values)
-        return None if wrong == expected_answer(prompt) else wrong
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class HardNegativeTasks(SyntheticTasks):
-    """`SyntheticTasks` whose min/max/sort "wrong" rejected answers are half hard negatives."""
-
-    def records(self) -> List[Dict[str, str]]:
-        rng = random.Random(self.seed + 7919)
-        out = []
-        for record in super().records():
-            if record["rejected_kind"] == "wrong" and rng.random() < _HARD_SHARE:
-                wrong = hard_negative(rng, record["task"], record["prompt"])
-                if wrong is not None:
-                    record = dict(record, rejected=" " + wrong, rejected_kind="hard_wrong")
-            out.append(record)
-        return out
-
-    def fingerprint(self) -> str:
-        return f"hard{_HARD_VERSION}-{_HARD_SHARE}-" + super().fingerprint()
-
-
-def write_demo_dataset(root: str, train_size: int, eval_size: int) -> str:
+def write_demo_dataset(root: str, train_size: int, eval_size: int, families: Sequence[str] = DEMO_FAMILIES) -> str:
     """Write the demo set under `root` (once per content); returns the folder to pass as `--data_path`."""
-    tasks = HardNegativeTasks(train_size=train_size, eval_size=eval_size)
+    tasks = demo_tasks(train_size, eval_size, families)
     folder = os.path.join(root, f"demo-data-{tasks.fingerprint()}")
     if not os.path.isfile(os.path.join(folder, "eval.json")):
         write_jsonfile_dataset(folder, tasks)
@@ -109,7 +70,7 @@ def _sample_answers(actor_path: str, prompts: List[str], samples: int, batch_siz
     return answers
 
 
-def write_policy_pairs(actor_path: str, data_folder: str, samples: int = 2, batch_size: int = 512,
+def write_policy_pairs(actor_path: str, data_folder: str, samples: int = 4, batch_size: int = 512,
                        max_new_tokens: int = 8, seed: int = 1234) -> str:
     """Preference pairs whose rejected answers are the SFT actor's own mistakes; returns the folder.
 

@@ -6,20 +6,24 @@ GPU scripts for 1.3B models:
 - fp32 (CPU fp16 matmuls are far slower) and ZeRO-2 over 2 ranks;
 - short sequences: prompts are at most 22 tokens and answers 6 (+ EOS) with
   the embedded tokenizer, so max_seq_len 48, prompt 24, answer 8;
-- the data is the embedded generator with hard negatives (demo_data.py
+- the data is the embedded generator's four list families (demo_data.py
   says why), 20000 rows, of which step 1 takes 40%, step 2 50% and step 3
   10% (data_split 4,5,1 keeps the slices disjoint); step 1 runs 3 epochs at
   a high learning rate, since the actor starts from random weights;
 - the reward model starts from the SFT actor (as in InstructGPT) instead of
-  from scratch, so it already knows the task language. `policy_negatives`
-  (rejected answers sampled from the SFT actor, as InstructGPT's labelers
-  compared SFT samples) is available but off: trained on the generator's
-  negatives the RM ranks the actor's own right and wrong answers correctly
-  only ~69% of the time (77% with policy negatives), which PPO exploits;
+  from scratch, so it already knows the task language, and trains 4 epochs
+  on pairs whose rejected answers are the SFT actor's own sampled mistakes
+  (`policy_negatives`, demo_data.write_policy_pairs; InstructGPT's labelers
+  also compared SFT samples, here `check_answer` labels them). Measured on
+  the SFT actor's samples of held-out prompts, such an RM ranks right above
+  wrong ~98% of the time; trained 2 epochs on the generator's pairs only,
+  67%, and PPO then climbs the RM's errors instead of the task;
 - step 3 samples its experience (`--do_sample`; DS-Chat forces greedy
-  answers for Llama), uses a much higher learning rate than DS-Chat's 1e-5
-  (tiny model, few steps) and no warm-up, and measures task success every
-  25 steps.
+  answers for Llama) and uses large generation batches (64 prompts per rank,
+  one PPO update each) at a small constant learning rate with no warm-up:
+  with 16-prompt batches and 5e-5 the Adam steps of this 4-layer model are
+  mostly sampling noise and the greedy answers drift; task success is
+  measured on 512 held-out prompts every 10 steps.
 """
 import dataclasses
 from typing import List
@@ -60,22 +64,22 @@ PRESET_RECIPE = Recipe(
     step2=_COMMON + [
         "--zero_stage", "2", "--max_seq_len", "48", "--per_device_train_batch_size", "32",
         "--per_device_eval_batch_size", "64", "--learning_rate", "1e-3", "--weight_decay", "0.0",
-        "--num_train_epochs", "2", "--lr_scheduler_type", "cosine", "--num_warmup_steps", "10",
+        "--num_train_epochs", "4", "--lr_scheduler_type", "cosine", "--num_warmup_steps", "10",
         "--num_padding_at_beginning", "0",
     ],
     step3=_COMMON + [
         "--actor_zero_stage", "2", "--critic_zero_stage", "2", "--num_padding_at_beginning", "0",
-        "--per_device_generation_batch_size", "16", "--per_device_training_batch_size", "16",
-        "--max_prompt_seq_len", "24", "--max_answer_seq_len", "8", "--actor_learning_rate", "5e-5",
+        "--per_device_generation_batch_size", "64", "--per_device_training_batch_size", "64",
+        "--max_prompt_seq_len", "24", "--max_answer_seq_len", "8", "--actor_learning_rate", "2e-5",
         "--critic_learning_rate", "1e-3", "--num_warmup_steps", "0", "--lr_scheduler_type", "constant",
-        "--do_sample", "--task_eval_size", "256", "--task_eval_max_new_tokens", "8", "--task_eval_interval", "25",
-        "--num_train_epochs", "2",
+        "--do_sample", "--task_eval_size", "512", "--task_eval_max_new_tokens", "8", "--task_eval_interval", "10",
+        "--num_train_epochs", "4",
     ],
     reward_from_sft=True,
     demo_data=True,
-    # Off: it lowered the RM's accuracy on its own held-out pairs (0.80) and
-    # did not stop PPO from lowering task success either (see the report).
-    policy_negatives=False,
+    # On: the RM then ranks the SFT actor's own right and wrong samples
+    # correctly ~98% of the time (67% without), see [Note: demo recipe].
+    policy_negatives=True,
 )
 
 DEFAULT_RECIPE = Recipe(step1=[], step2=[], step3=[])

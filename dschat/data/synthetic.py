@@ -13,13 +13,29 @@ largest, smallest, length of a short list) and look-ups in two small tables
 (capitals, fruit colours).
 
 Rejected answers mix three kinds of bad answer:
-- ``wrong``: a plausible but incorrect answer;
+- ``wrong``: a plausible but incorrect answer (see [Note: no shortcuts]);
 - ``evasive``: "I don't know." and friends;
 - ``padded``: the correct answer buried in filler, either after a rambling
   lead-in (``padded_prefix``) or followed by chatter (``padded_suffix``).
 
 Texts use the Dahoas/rm-static template: the prompt is
 ``"\\n\\nHuman: <question>\\n\\nAssistant:"`` and answers start with a space.
+
+[Note: no shortcuts]
+A reward model trained on these pairs learns whatever separates chosen from
+rejected most cheaply, and PPO then optimises exactly that. So a ``wrong``
+answer must not differ from the right one by a surface feature that is
+easier to learn than the task. Version 1 failed this: a wrong "smallest
+number" was always another list member, hence *larger* than the right one
+(and a wrong maximum smaller, a wrong sort a non-ascending shuffle), so
+"smaller is better" / "ascending is better" ranked every pair right, and a
+PPO actor learned to answer small numbers and ascending lists. Now wrong
+answers fall on both sides of the right one: numbers are near misses
+(+-1..10, either side); a wrong minimum or maximum is another member, or a
+near miss that is not in the list, above or below; a wrong sort is a
+shuffle, an adjacent swap, or an *ascending* list with one number nudged
+to a value outside the list. Wrong words keep the letters (reverse) or the
+word (case). Only correctness separates the pairs.
 
 [Note: answer grading] `check_answer` recomputes the expected answer from
 the question and accepts a generated answer when, after cutting it at the
@@ -49,7 +65,7 @@ __all__ = [
 ]
 
 # Bump whenever the generated records change, so caches keyed on it go stale.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SYNTHETIC_SEED = 0
 DEFAULT_TRAIN_SIZE = 5000
 DEFAULT_EVAL_SIZE = 500
@@ -165,16 +181,53 @@ def _list_text(rng: random.Random, lo: int, hi: int) -> str:
     return " ".join(str(n) for n in rng.sample(range(0, 21), rng.randint(lo, hi)))
 
 
-def _wrong_sort(rng: random.Random, answer: str) -> str:
-    values = answer.split()
-    while " ".join(values) == answer:
-        rng.shuffle(values)
-    return " ".join(values)
+def _near_misses(value: int, excluded: Sequence[int], spread: int = 3) -> List[int]:
+    """Non-negative values near `value`, on both sides where possible, that are not in `excluded`.
+
+    Within `spread` of `value`, widened until something qualifies (a list of
+    at most 6 numbers cannot exclude every value within 10).
+    """
+    while True:
+        found = [value + d for d in range(-spread, spread + 1) if d and value + d >= 0 and value + d not in excluded]
+        if found:
+            return found
+        spread += 1
 
 
-def _wrong_member(rng: random.Random, question: str, answer: str) -> str:
-    listed = re.findall(r"\d+", question)
-    return _pick(rng, listed, answer)
+def _wrong_sort(rng: random.Random, question: str, answer: str) -> str:
+    """A shuffle, an adjacent swap, or an ascending list with one value nudged off the list.
+
+    The third kind is ascending like the right answer, so "ascending" alone
+    cannot tell right from wrong ([Note: no shortcuts]).
+    """
+    values = [int(v) for v in answer.split()]
+    kind = rng.choice(("shuffle", "swap", "nudge"))
+    if kind == "nudge":
+        index = rng.randrange(len(values))
+        nudged = sorted(values[:index] + [rng.choice(_near_misses(values[index], values))] + values[index + 1:])
+        if nudged != values:
+            return " ".join(str(v) for v in nudged)
+    if kind == "swap":
+        index = rng.randrange(len(values) - 1)
+        swapped = values[:index] + [values[index + 1], values[index]] + values[index + 2:]
+        return " ".join(str(v) for v in swapped)
+    shuffled = list(values)
+    while shuffled == values:
+        rng.shuffle(shuffled)
+    return " ".join(str(v) for v in shuffled)
+
+
+def _wrong_extreme(rng: random.Random, question: str, answer: str) -> str:
+    """A wrong minimum/maximum: another member of the list, or a near miss outside it, either side.
+
+    Members alone are all larger than the minimum (smaller than the
+    maximum), which the reward model would learn instead of the task
+    ([Note: no shortcuts]).
+    """
+    listed = [int(n) for n in re.findall(r"\d+", question)]
+    if rng.random() < 0.4:
+        return _pick(rng, [str(n) for n in listed], answer)
+    return str(rng.choice(_near_misses(int(answer), listed)))
 
 
 def _wrong_reverse(rng: random.Random, answer: str) -> str:
@@ -226,11 +279,11 @@ def _build_families() -> Tuple[_Family, ...]:
                 _number_wrong),
         _Family("sort", _templated(_SORT, lambda r: _list_text(r, 3, 4)),
                 _lookup_solver(_SORT[1], lambda x: " ".join(str(n) for n in sorted(_numbers(x)))),
-                lambda r, q, a: _wrong_sort(r, a)),
+                _wrong_sort),
         _Family("max", _templated(_MAX, lambda r: _list_text(r, 3, 5)),
-                _lookup_solver(_MAX[1], lambda x: str(max(_numbers(x)))), _wrong_member),
+                _lookup_solver(_MAX[1], lambda x: str(max(_numbers(x)))), _wrong_extreme),
         _Family("min", _templated(_MIN, lambda r: _list_text(r, 3, 5)),
-                _lookup_solver(_MIN[1], lambda x: str(min(_numbers(x)))), _wrong_member),
+                _lookup_solver(_MIN[1], lambda x: str(min(_numbers(x)))), _wrong_extreme),
         _Family("list_length", _templated(_LEN, lambda r: _list_text(r, 2, 6)),
                 _lookup_solver(_LEN[1], lambda x: str(len(_numbers(x)))), _number_wrong),
         _Family("capital", _templated(_CAPITAL, lambda r: r.choice(sorted(_CAPITALS))),
@@ -288,7 +341,23 @@ def _clean_answer(answer: str) -> str:
 def check_answer(prompt: str, answer: str) -> bool:
     """Whether `answer` correctly answers the synthetic `prompt`.
 
-    The grading rule is in [Note: answer grading] in this module's docstring.
+    The grading rule is in [Note: no shortcuts]
+A reward model trained on these pairs learns whatever separates chosen from
+rejected most cheaply, and PPO then optimises exactly that. So a ``wrong``
+answer must not differ from the right one by a surface feature that is
+easier to learn than the task. Version 1 failed this: a wrong "smallest
+number" was always another list member, hence *larger* than the right one
+(and a wrong maximum smaller, a wrong sort a non-ascending shuffle), so
+"smaller is better" / "ascending is better" ranked every pair right, and a
+PPO actor learned to answer small numbers and ascending lists. Now wrong
+answers fall on both sides of the right one: numbers are near misses
+(+-1..10, either side); a wrong minimum or maximum is another member, or a
+near miss that is not in the list, above or below; a wrong sort is a
+shuffle, an adjacent swap, or an *ascending* list with one number nudged
+to a value outside the list. Wrong words keep the letters (reverse) or the
+word (case). Only correctness separates the pairs.
+
+[Note: answer grading] in this module's docstring.
     Raises ValueError when `prompt` is not a synthetic task, so a metric over
     the wrong dataset fails loudly instead of reporting zero.
     """
@@ -313,7 +382,7 @@ def _rejected(rng: random.Random, family: _Family, question: str, answer: str) -
     return kind, f"{answer}. {rng.choice(_FILLERS)}"
 
 
-def _generate(seed: int, count: int) -> List[Dict[str, str]]:
+def _generate(seed: int, count: int, families: Sequence[str] = TASK_FAMILIES) -> List[Dict[str, str]]:
     """`count` records with distinct prompts, in a seeded random order.
 
     Families are drawn uniformly; the small ones (look-ups, word tasks) run
@@ -321,13 +390,14 @@ def _generate(seed: int, count: int) -> List[Dict[str, str]]:
     spreads every family over both the train and the eval part.
     """
     rng = random.Random(seed)
+    chosen_families = [f for f in _FAMILIES if f.name in families]
     seen: Dict[str, Dict[str, str]] = {}
     attempts = 0
     while len(seen) < count:
         attempts += 1
         if attempts > 50 * count + 1000:
             raise ValueError(f"cannot draw {count} distinct synthetic prompts (got {len(seen)})")
-        family = rng.choice(_FAMILIES)
+        family = rng.choice(chosen_families)
         question = family.make(rng)
         prompt = format_prompt(question)
         if prompt in seen:
@@ -348,14 +418,22 @@ class SyntheticTasks:
 
     Records are dicts with `prompt`, `chosen`, `rejected` (the rm-static
     fields), plus `task` (the family) and `rejected_kind`. Train and eval
-    prompts never coincide.
+    prompts never coincide. `families` restricts the set to some of
+    `TASK_FAMILIES` (the demo uses the ones a tiny model can learn in
+    minutes); `check_answer` grades every family whatever the selection.
     """
     seed: int = SYNTHETIC_SEED
     train_size: int = DEFAULT_TRAIN_SIZE
     eval_size: int = DEFAULT_EVAL_SIZE
+    families: Tuple[str, ...] = TASK_FAMILIES
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.families) - set(TASK_FAMILIES))
+        if unknown or not self.families:
+            raise ValueError(f"families must be a non-empty subset of {TASK_FAMILIES}, got {self.families!r}")
 
     def records(self) -> List[Dict[str, str]]:
-        return _generate(self.seed, self.train_size + self.eval_size)
+        return _generate(self.seed, self.train_size + self.eval_size, self.families)
 
     def split(self) -> Tuple[List[Dict[str, str]], List[Dict[str, str]]]:
         records = self.records()
@@ -363,7 +441,7 @@ class SyntheticTasks:
 
     def fingerprint(self) -> str:
         """Identity of the generated content, for cache keys."""
-        key = json.dumps([GENERATOR_VERSION, self.seed, self.train_size, self.eval_size])
+        key = json.dumps([GENERATOR_VERSION, self.seed, self.train_size, self.eval_size, sorted(self.families)])
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -97,7 +97,8 @@ class DeepSpeedPPOTrainer:
         rlhf_engine: holds `actor`, `ref`, `critic`, `reward` engines and `tokenizer`.
         args: the step-3 argparse namespace (max_answer_seq_len,
             actor_zero_stage, align_overflow, print_answers,
-            print_answers_interval, compute_fp32_loss, ...).
+            print_answers_interval, compute_fp32_loss, and the sampling
+            options do_sample / temperature / top_k of `generation_kwargs`).
     """
 
     def __init__(self, rlhf_engine: Any, args: Any) -> None:
@@ -127,8 +128,19 @@ class DeepSpeedPPOTrainer:
         self._last_valid: Optional[Tuple[int, torch.Tensor]] = None
 
     # ------------------------------------------------------------ generation
-    def _generation_kwargs(self) -> Dict[str, Any]:
-        """Sampling settings: Llama is forced greedy, others keep their generation config (spec §8)."""
+    def generation_kwargs(self) -> Dict[str, Any]:
+        """Sampling settings of the experience answers, passed to `generate`.
+
+        Default (DS-Chat, spec §8): Llama is forced greedy, other models keep
+        their generation config. `args.do_sample` (step 3's `--do_sample`)
+        samples instead, with `args.temperature` and `args.top_k` (0: off).
+        Why an option: PPO learns from the *differences* between answers to
+        the same kind of prompt; a greedy, nearly deterministic policy
+        explores little, which matters most for small models.
+        """
+        if getattr(self.args, "do_sample", False):
+            return {"do_sample": True, "temperature": float(getattr(self.args, "temperature", 1.0)),
+                    "top_k": int(getattr(self.args, "top_k", 0))}
         config = getattr(self.actor_model.module, "config", None)
         if getattr(config, "model_type", None) == "llama":
             return {"do_sample": False}
@@ -159,7 +171,7 @@ class DeepSpeedPPOTrainer:
                                                    max_length=max_min_length,
                                                    pad_token_id=pad_id,
                                                    synced_gpus=self.z3_enabled,
-                                                   **self._generation_kwargs())
+                                                   **self.generation_kwargs())
         prompt_width = prompts.shape[1]
         answers = seq[:, prompt_width:]
         if self._should_print(step):

@@ -302,3 +302,18 @@ def test_dump_model_norms_matches_torch():
     norms = trainer.dump_model_norms("check")
     expect = torch.cat([p.detach().flatten() for p in engine.critic.module.parameters()]).norm()
     assert math.isclose(norms["critic"], float(expect), rel_tol=1e-5)
+
+
+def test_generation_kwargs_do_sample_is_a_public_option():
+    """`--do_sample` samples even for Llama (which DS-Chat forces greedy), with temperature and top-k."""
+    trainer, engine, _ = make_trainer({"do_sample": True, "temperature": 0.7, "top_k": 5}, model_type="llama")
+    assert trainer.generation_kwargs() == {"do_sample": True, "temperature": 0.7, "top_k": 5}
+    prompts, mask = _prompts()
+    engine.actor.module.generated.append(torch.tensor([[0, 5, 6, 3, 4, 5, 0], [7, 8, 9, 3, 4, 0, 0]]))
+    trainer._generate_sequence(prompts, mask, step=0)
+    call = engine.actor.module.generate_calls[0]
+    assert call["do_sample"] is True and call["temperature"] == 0.7 and call["top_k"] == 5
+    greedy, _, _ = make_trainer({"do_sample": False}, model_type="llama")
+    assert greedy.generation_kwargs() == {"do_sample": False}
+    default, _, _ = make_trainer(model_type="opt")
+    assert default.generation_kwargs() == {}

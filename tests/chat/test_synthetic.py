@@ -105,3 +105,35 @@ def test_write_jsonfile_dataset_round_trip(tmp_path):
         assert raw.get_prompt(row).startswith(" Human: ")
         assert check_answer(raw.get_prompt(row), raw.get_chosen(row))
         assert raw.get_chosen(row) == record["chosen"]  # " " + stripped answer restores the original
+
+
+def _ints(text):
+    return [int(x) for x in text.split()]
+
+
+def test_wrong_answers_have_no_surface_shortcut(default_split):
+    """[Note: no shortcuts]: wrong min/max/sort answers fall on both sides of the right one."""
+    train, _ = default_split
+    wrong = [r for r in train if r["rejected_kind"] == "wrong"]
+    for task, beats in (("min", lambda bad, good: bad < good), ("max", lambda bad, good: bad > good)):
+        rows = [r for r in wrong if r["task"] == task]
+        pairs = [(int(r["rejected"]), int(r["chosen"]), _ints(extract_question(r["prompt"]).split(" in ")[1][:-1]))
+                 for r in rows]
+        # "smaller is better" (for min) / "larger is better" (for max) must fail on a good share of pairs
+        assert 0.2 < sum(beats(bad, good) for bad, good, _ in pairs) / len(pairs) < 0.8, task
+        # and so must "any member of the list is right"
+        assert 0.2 < sum(bad in listed for bad, _, listed in pairs) / len(pairs) < 0.8, task
+    sorts = [r for r in wrong if r["task"] == "sort"]
+    ascending = [r for r in sorts if _ints(r["rejected"]) == sorted(_ints(r["rejected"]))]
+    assert 0.15 < len(ascending) / len(sorts) < 0.6  # "ascending is better" fails on these
+    assert all(len(_ints(r["rejected"])) == len(_ints(r["chosen"])) for r in sorts)
+
+
+def test_families_restrict_the_set():
+    tasks = SyntheticTasks(train_size=200, eval_size=20, families=("max", "sort"))
+    records = tasks.records()
+    assert {r["task"] for r in records} == {"max", "sort"}
+    assert all(check_answer(r["prompt"], r["chosen"]) for r in records)
+    assert tasks.fingerprint() != SyntheticTasks(train_size=200, eval_size=20).fingerprint()
+    with pytest.raises(ValueError):
+        SyntheticTasks(families=("max", "poetry"))
