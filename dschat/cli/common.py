@@ -99,3 +99,15 @@ def optimizer_and_scheduler(model: torch.nn.Module, weight_decay: float, lora_lr
     scheduler = get_lr_scheduler(scheduler_type, optimizer, warmup, max(total_steps, 1))
     return optimizer, scheduler
 
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a step's `main()` as a script, then shut the process group down cleanly.
+
+    Leaving gloo's process group to interpreter teardown can abort a rank
+    ("terminate called without an active exception") after all work is done,
+    which the launcher would report as a failed rank.
+    """
+    main()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        dist.barrier()
+        torch.distributed.destroy_process_group()

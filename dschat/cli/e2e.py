@@ -169,7 +169,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[int, str]:
     for step in sorted(set(args.step)):
         _check_inputs(step, outputs, args.step)
         step_data = data_path
-        if step == 2 and data_path and recipes.recipe_for(args.reward_model).policy_negatives:
+        # On-policy RM negatives only for the recipe's own data: a user who
+        # passes step-2 data (`--step2-args "--data_path ..."`) gets exactly it.
+        own_step2_data = "--data_path" in shlex.split(args.step2_args)
+        if step == 2 and data_path and recipes.recipe_for(args.reward_model).policy_negatives \
+                and not own_step2_data:
             from dschat.cli.demo_data import write_policy_pairs
             print(f"---------- step 2 data: sampling the SFT actor's answers on {data_path}", flush=True)
             step_data = write_policy_pairs(outputs[1], data_path)
