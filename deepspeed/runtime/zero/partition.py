@@ -112,8 +112,12 @@ class FlatLayout:
 
         Returns: shape (bucket.padded_numel,)
         """
-        out = torch.zeros(bucket.padded_numel, dtype=dtype, device=bucket.buffer.device)
-        for p, off in zip(bucket.params, bucket.offsets):
-            if p.grad is not None:
-                out.narrow(0, off, p.numel()).copy_(p.grad.reshape(-1))
-        return out
+        device = bucket.buffer.device
+        pieces = [p.grad.reshape(-1).to(dtype) if p.grad is not None else torch.zeros(p.numel(), dtype=dtype,
+                                                                                       device=device)
+                  for p in bucket.params]
+        pad = bucket.padded_numel - bucket.numel
+        if pad:
+            pieces.append(torch.zeros(pad, dtype=dtype, device=device))
+        # one pass over the gradient bytes (no zero-fill of the whole bucket first)
+        return torch.cat(pieces)
