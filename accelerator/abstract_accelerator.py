@@ -142,8 +142,8 @@ class DeepSpeedAccelerator(ABC):
     @abstractmethod
     def pin_memory(self, tensor: torch.Tensor, align_bytes: int = 1) -> torch.Tensor: ...
 
-    @abstractmethod
-    def is_pinned(self, tensor: torch.Tensor) -> bool: ...
+    def is_pinned(self, tensor: torch.Tensor) -> bool:
+        return tensor.is_pinned()
 
     @abstractmethod
     def on_accelerator(self, tensor: torch.Tensor) -> bool:
@@ -154,9 +154,11 @@ class DeepSpeedAccelerator(ABC):
     def visible_devices_envs(self) -> List[str]:
         """Env vars the launcher sets to restrict a rank's devices."""
 
-    @abstractmethod
     def set_visible_devices_envs(self, current_env: MutableMapping[str, str],
-                                 local_accelerator_ids: Sequence[int]) -> None: ...
+                                 local_accelerator_ids: Sequence[int]) -> None:
+        """Restrict a rank to `local_accelerator_ids` through every visible-devices variable."""
+        for env in self.visible_devices_envs():
+            current_env[env] = ",".join(map(str, local_accelerator_ids))
 
     @abstractmethod
     def export_envs(self) -> List[str]:

@@ -142,20 +142,12 @@ class CUDA_Accelerator(DeepSpeedAccelerator):
     def pin_memory(self, tensor: torch.Tensor, align_bytes: int = 1) -> torch.Tensor:
         return tensor.pin_memory()
 
-    def is_pinned(self, tensor: torch.Tensor) -> bool:
-        return tensor.is_pinned()
-
     def on_accelerator(self, tensor: torch.Tensor) -> bool:
         return tensor.device.type == "cuda"
 
     # ------------------------------------------------------------ launcher
     def visible_devices_envs(self) -> List[str]:
         return ["CUDA_VISIBLE_DEVICES"]
-
-    def set_visible_devices_envs(self, current_env: MutableMapping[str, str],
-                                 local_accelerator_ids: Sequence[int]) -> None:
-        for env in self.visible_devices_envs():
-            current_env[env] = ",".join(map(str, local_accelerator_ids))
 
     def export_envs(self) -> List[str]:
         return ["NCCL"]

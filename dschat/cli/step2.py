@@ -23,7 +23,7 @@ import torch
 
 import deepspeed
 from dschat.cli.args import parse_step2_args, resolve_num_padding
-from dschat.cli.common import (apply_lora, init_distributed, make_loader, optimizer_and_scheduler, set_epoch,
+from dschat.cli.common import (run_main, apply_lora, init_distributed, make_loader, optimizer_and_scheduler, set_epoch,
                                train_ds_config)
 from dschat.data.collators import DataCollatorReward
 from dschat.data.data_utils import create_prompt_dataset
@@ -125,4 +125,4 @@ def _run(args, device: torch.device) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # shuts the process group down cleanly

@@ -33,7 +33,7 @@ import torch
 from transformers import default_data_collator
 
 from dschat.cli.args import parse_step3_args, resolve_num_padding
-from dschat.cli.common import init_distributed, make_loader, set_epoch
+from dschat.cli.common import run_main, init_distributed, make_loader, set_epoch
 from dschat.cli.resume import Step3State, load_step3_checkpoint, save_step3_checkpoint, set_rng_state
 from dschat.data.collators import DataCollatorRLHF, MiniDataset
 from dschat.data.data_utils import create_prompt_dataset
@@ -247,4 +247,4 @@ def _summary(state: Step3State) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)  # shuts the process group down cleanly
