@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from deepspeed.inference.containers.base import LayerView, ModelPolicy
-from deepspeed.inference.kernels import rotary_ref
+from deepspeed.inference.graph import GraphedStep
+from deepspeed.inference.kernels import InferenceKernels
 
 __all__ = ["GenerationParams", "KVWorkspace", "StaticLayers", "DecodeLoop", "Segment", "process_logits"]
 
@@ -71,8 +72,10 @@ class KVWorkspace:
             return
         self.release()
         shape = (batch, kv_heads, length, head_dim)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        # Zeros, not empty: fixed-shape steps attend over unwritten slots (masked), and a masked
+        # NaN would still poison the weighted sum (0 * NaN).
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self._key, self._capacity = key, (batch, length)
 
     def release(self) -> None:
@@ -131,36 +134,56 @@ class DecodeLoop:
     outputs under tensor parallelism; `sync_tokens` makes every TP rank use
     the same sampled tokens; `any_running` keeps data-parallel ranks in
     lock-step when the layers gather collectively on every step.
+
+    `kernels` supplies norms, rotary and bias+activation (the CUDA op on
+    CUDA tensors, the torch references otherwise). With `fixed_shape_steps`
+    every decode step has the same shapes: the new K/V go in with an
+    index_copy_ at a device-side position and attention covers the call's
+    whole cache under a mask, so on CUDA the step is captured once per call
+    in a CUDA graph and replayed (graph.py); on CPU it runs eagerly, which
+    is how the tests check it against the variable-shape path.
     """
 
     def __init__(self, policy: ModelPolicy, layers, workspace: KVWorkspace,
                  reduce: Optional[Callable[[torch.Tensor], None]] = None,
                  sync_tokens: Optional[Callable[[torch.Tensor], None]] = None,
                  any_running: Optional[Callable[[bool], bool]] = None,
-                 rotary: Callable = rotary_ref, cache_tokens: int = 0) -> None:
+                 kernels: Optional[InferenceKernels] = None, cache_tokens: int = 0,
+                 fixed_shape_steps: bool = False) -> None:
         self.policy = policy
         self.layers = layers
         self.ws = workspace
         self.reduce = reduce
         self.sync_tokens = sync_tokens
         self.any_running = any_running
-        self.rotary = rotary
+        self.kernels = kernels if kernels is not None else InferenceKernels(None)
         self.cache_tokens = cache_tokens
+        if fixed_shape_steps and (reduce is not None or any_running is not None):
+            raise ValueError("fixed-shape (CUDA graph) decode steps need static layers without collectives")
+        self.fixed_shape_steps = fixed_shape_steps
         self._rot: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     # ------------------------------------------------------------ one layer
-    def _attention(self, view: LayerView, idx: int, h: torch.Tensor, start: int, mask: torch.Tensor,
+    def _attention(self, view: LayerView, idx: int, h: torch.Tensor, start, mask: torch.Tensor,
                    cos: Optional[torch.Tensor], sin: Optional[torch.Tensor]) -> torch.Tensor:
+        """h (B, S, H) -> attention output (B, S, H). `start` is the cache slot of h's first token:
+        an int, or a (1,) device tensor for a fixed-shape step, which then attends over the
+        first `mask.shape[-1]` slots."""
         b, s, _ = h.shape
         q, k, v = view.split_qkv(F.linear(h, view.qkv_w, view.qkv_b))
         if view.q_scale is not None:
             q = q * view.q_scale
         if view.rotary_dims:
-            q, k = self.rotary(q, k, cos, sin, view.rotary_dims)
-        end = start + s
+            q, k = self.kernels.rotary(q, k, cos, sin, view.rotary_dims)
         kc, vc = self.ws.k[idx], self.ws.v[idx]
-        kc[:b, :, start:end].copy_(k)
-        vc[:b, :, start:end].copy_(v)
+        if isinstance(start, torch.Tensor):
+            end = mask.shape[-1]
+            kc[:b].index_copy_(2, start, k)
+            vc[:b].index_copy_(2, start, v)
+        else:
+            end = start + s
+            kc[:b, :, start:end].copy_(k)
+            vc[:b, :, start:end].copy_(v)
         keys, values = kc[:b, :, :end], vc[:b, :, :end]
         nq, nkv, hd = view.n_heads, view.n_kv_heads, view.head_dim
         if s == 1:
@@ -174,15 +197,19 @@ class DecodeLoop:
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=view.attn_scale)
         return F.linear(out.transpose(1, 2).reshape(b, s, nq * hd), view.out_w, view.out_b)
 
-    @staticmethod
-    def _mlp(view: LayerView, h: torch.Tensor) -> torch.Tensor:
-        u = F.linear(h, view.mlp_in_w, view.mlp_in_b)
+    def _mlp(self, view: LayerView, h: torch.Tensor) -> torch.Tensor:
         if view.gated:
-            gate, up = u.chunk(2, dim=-1)
+            gate, up = F.linear(h, view.mlp_in_w, view.mlp_in_b).chunk(2, dim=-1)
             u = view.act(gate) * up
+        elif view.act_name and self.kernels.fuses(h, view.mlp_in_b):
+            # The bias add and activation run as one kernel over the matmul's output.
+            u = self.kernels.bias_act(F.linear(h, view.mlp_in_w), view.mlp_in_b, view.act_name)
         else:
-            u = view.act(u)
+            u = view.act(F.linear(h, view.mlp_in_w, view.mlp_in_b))
         return F.linear(u, view.mlp_out_w, view.mlp_out_b)
+
+    def _norm(self, spec, x: torch.Tensor) -> torch.Tensor:
+        return self.kernels.norm(spec, x)
 
     def _reduce(self, t: torch.Tensor, view: LayerView) -> torch.Tensor:
         if view.reduce_group is not None and self.reduce is not None:
@@ -193,18 +220,18 @@ class DecodeLoop:
                cos: Optional[torch.Tensor], sin: Optional[torch.Tensor]) -> torch.Tensor:
         if view.residual == "post":
             x = x + self._reduce(self._attention(view, idx, x, start, mask, cos, sin), view)
-            x = view.attn_norm(x)
-            return view.mlp_norm(x + self._reduce(self._mlp(view, x), view))
-        attn = self._attention(view, idx, view.attn_norm(x), start, mask, cos, sin)
+            x = self._norm(view.attn_norm, x)
+            return self._norm(view.mlp_norm, x + self._reduce(self._mlp(view, x), view))
+        attn = self._attention(view, idx, self._norm(view.attn_norm, x), start, mask, cos, sin)
         if view.residual == "parallel":
             if view.reduce_group is None:
-                return self._mlp(view, view.mlp_norm(x)) + attn + x
-            return self._reduce(attn + self._mlp(view, view.mlp_norm(x)), view) + x
+                return self._mlp(view, self._norm(view.mlp_norm, x)) + attn + x
+            return self._reduce(attn + self._mlp(view, self._norm(view.mlp_norm, x)), view) + x
         x = x + self._reduce(attn, view)
-        return x + self._reduce(self._mlp(view, view.mlp_norm(x)), view)
+        return x + self._reduce(self._mlp(view, self._norm(view.mlp_norm, x)), view)
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask: torch.Tensor) -> torch.Tensor:
-        """ids, positions (B, S) -> logits of the last position (B, V), fp32."""
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, start, mask: torch.Tensor) -> torch.Tensor:
+        """ids, positions (B, S) -> logits of the last position (B, V), fp32; `start` as in `_attention`."""
         x = self.policy.embed(ids, positions)
         cos = sin = None
         if self._rot is not None:
@@ -267,6 +294,9 @@ class DecodeLoop:
         # A row always sees its own position, so all-padding rows stay finite.
         prefill_mask = (causal & valid[:, None, :p]) | torch.eye(p, dtype=torch.bool, device=device)
         logits = self._forward(input_ids, positions, 0, prefill_mask.unsqueeze(1))
+        fixed = None
+        if self.fixed_shape_steps:
+            fixed = GraphedStep(self._forward, valid[:, :p], total, capture=True)
 
         step = 0
         while True:
@@ -296,7 +326,12 @@ class DecodeLoop:
                 self.layers.participate()  # this iteration's collective step, without the compute
                 continue
             end = p + step
-            logits = self._forward(new.unsqueeze(1), next_pos, end - 1, valid[:, None, None, :end])
+            if fixed is not None:
+                logits = fixed(new.unsqueeze(1), next_pos, end - 1)
+            else:
+                logits = self._forward(new.unsqueeze(1), next_pos, end - 1, valid[:, None, None, :end])
             next_pos = next_pos + 1
+        if fixed is not None:
+            fixed.release()
         self._rot = None
         return tokens[:, :p + step], segments

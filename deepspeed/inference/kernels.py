@@ -92,6 +92,19 @@ class InferenceKernels:
     def _use(self, t: torch.Tensor) -> bool:
         return self.op is not None and t.is_cuda and t.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
+    def fuses(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+        """Whether `bias_act(x, bias, ...)` runs as one CUDA kernel (worth skipping the matmul's own bias)."""
+        return bias is not None and self._use(x)
+
+    def norm(self, spec: Any, x: torch.Tensor) -> torch.Tensor:
+        """Apply a `NormSpec` (containers/base.py): the CUDA kernel when it applies, else the spec itself."""
+        if self._use(x):
+            if spec.kind == "rms":
+                return self.op.rms_norm(x.contiguous(), spec.weight, spec.eps)
+            if spec.weight is not None and spec.bias is not None:
+                return self.op.layer_norm(x.contiguous(), spec.weight, spec.bias, spec.eps)
+        return spec(x)
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         if self._use(x):
             return self.op.rms_norm(x.contiguous(), weight, eps)
@@ -109,6 +122,11 @@ class InferenceKernels:
 
     def rotary(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                rotary_dims: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """As `rotary_ref`; cos/sin (B, 1, S, rotary_dims)."""
+        if self._use(q):
+            b, s = cos.shape[0], cos.shape[-2]
+            cos3, sin3 = cos.reshape(b, s, rotary_dims), sin.reshape(b, s, rotary_dims)
+            return self.op.rotary(q, cos3, sin3, rotary_dims), self.op.rotary(k, cos3, sin3, rotary_dims)
         return rotary_ref(q, k, cos, sin, rotary_dims)
 
 

@@ -40,6 +40,7 @@ from deepspeed.accelerator import get_accelerator
 from deepspeed.comm import groups
 from deepspeed.inference.containers import find_policy
 from deepspeed.inference.decode import DecodeLoop, KVWorkspace, StaticLayers
+from deepspeed.inference.kernels import InferenceKernels
 from deepspeed.inference.generate_args import resolve_generation
 from deepspeed.inference.lora_fusion import LoraFusion, collect_lora_adapters
 from deepspeed.inference.tp import TP_GROUP_NAME, TPBatch, shard_view, tp_layout
@@ -114,6 +115,7 @@ class DeepSpeedHybridEngine(DeepSpeedEngine):
             self.layer_params = [p for layer in self.policy.layers for p in layer.parameters()]
         #: the KV cache, kept between calls unless release_inference_cache
         self.workspace = KVWorkspace()
+        self._kernels: Optional[InferenceKernels] = None
         self._hf_generate = getattr(self.module, "generate", None)
         if self.policy is not None and self._hf_generate is not None:
             self.module.generate = self.generate
@@ -200,15 +202,25 @@ class DeepSpeedHybridEngine(DeepSpeedEngine):
             tp = self._tp
             ids, full_mask, segments, live = tp.combine(input_ids, mask, params.max_new_tokens, params.pad_token_id)
             loop = DecodeLoop(self.policy, layers, self.workspace, reduce=tp.all_reduce,
-                              sync_tokens=tp.broadcast_tokens, cache_tokens=cache_tokens)
+                              sync_tokens=tp.broadcast_tokens, cache_tokens=cache_tokens,
+                              kernels=self._inference_kernels())
             tokens, segments = loop.generate(ids, full_mask, params, segments=segments, live_rows=live)
             return tp.split(tokens, segments)
         any_running = None
         if isinstance(layers, _GatheredLayers) and self.dp_world_size > 1:
             any_running = self._any_rank_running
-        loop = DecodeLoop(self.policy, layers, self.workspace, any_running=any_running, cache_tokens=cache_tokens)
+        # A CUDA graph can replay a step only while the weights stay put and no collective runs per step.
+        fixed = bool(self._he.enable_cuda_graph) and isinstance(layers, StaticLayers) and any_running is None
+        loop = DecodeLoop(self.policy, layers, self.workspace, any_running=any_running, cache_tokens=cache_tokens,
+                          kernels=self._inference_kernels(), fixed_shape_steps=fixed)
         tokens, _ = loop.generate(input_ids, mask, params)
         return tokens
+
+    def _inference_kernels(self) -> InferenceKernels:
+        """The CUDA decode kernels (built on first use) on a GPU; the torch references elsewhere."""
+        if self._kernels is None:
+            self._kernels = InferenceKernels.load() if self.device.type == "cuda" else InferenceKernels(None)
+        return self._kernels
 
     def _any_rank_running(self, running: bool) -> bool:
         flag = torch.tensor([1 if running else 0], dtype=torch.int32, device=self.device)

@@ -88,7 +88,8 @@ def prompts(rank: int, pad: int):
     return ids, mask
 
 
-def he_config(stage: int, tp: int = 1, pin: bool = True, lr: float = 1e-3, release: bool = False) -> dict:
+def he_config(stage: int, tp: int = 1, pin: bool = True, lr: float = 1e-3, release: bool = False,
+              graph: bool = False) -> dict:
     zero = {"stage": stage}
     if stage == 3:  # small thresholds: nearly every parameter is really partitioned
         zero.update({"stage3_param_persistence_threshold": 40, "stage3_prefetch_bucket_size": 800,
@@ -97,7 +98,7 @@ def he_config(stage: int, tp: int = 1, pin: bool = True, lr: float = 1e-3, relea
             "optimizer": {"type": "AdamW", "params": {"lr": lr}}, "zero_optimization": zero,
             "hybrid_engine": {"enabled": True, "inference_tp_size": tp, "pin_parameters": pin,
                               "tp_gather_partition_size": 1, "max_out_tokens": 32,
-                              "release_inference_cache": release}}
+                              "release_inference_cache": release, "enable_cuda_graph": graph}}
 
 
 def build_engine(family: str, lora: str, config: dict):
@@ -124,7 +125,8 @@ def _he_generate(cases):
     from deepspeed.runtime.hybrid_engine import DeepSpeedHybridEngine
     results = []
     for family, lora, stage, tp, pin in cases:
-        engine = build_engine(family, lora, he_config(stage, tp, pin))
+        # pin: True, False, or "graph" (pinned, with enable_cuda_graph's fixed-shape steps; eager on CPU)
+        engine = build_engine(family, lora, he_config(stage, tp, bool(pin), graph=pin == "graph"))
         assert isinstance(engine, DeepSpeedHybridEngine) and engine.policy is not None
         pad = engine.module.config.pad_token_id
         ids, mask = prompts(dist.get_rank(), pad)
@@ -145,6 +147,7 @@ GRID += [("opt", "dschat", 0, 1, True), ("llama", "peft", 2, 1, True)]
 GRID += [("opt", "dschat", 3, 2, True), ("llama", "peft", 3, 2, True), ("neox", "dschat", 3, 2, False),
          ("llama", "none", 0, 2, True)]
 GRID += [("opt", "peft", 3, 1, False), ("llama", "dschat", 3, 1, False), ("neox", "none", 3, 1, False)]
+GRID += [("opt", "dschat", 3, 1, "graph"), ("llama", "none", 3, 1, "graph"), ("neox", "peft", 2, 1, "graph")]
 
 
 @pytest.mark.parametrize("family", ["opt", "llama", "neox"])

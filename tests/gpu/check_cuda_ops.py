@@ -227,7 +227,18 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-CHECKS: Dict[str, Callable[[bool], Tuple[float, str]]] = {"fused_adam": check_fused_adam, "quantizer": check_quantizer}
+def check_transformer_inference(simulate: bool = False) -> Tuple[float, str]:
+    """The decode-path kernels (norms, rotary, bias+activation) against deepspeed/inference/kernels.py."""
+    if simulate:
+        raise AssertionError("transformer_inference has no simulated mode (its references are the CPU path)")
+    face = import_face("deepspeed.ops.transformer.inference.gpu_check", "deepspeed/ops/transformer/inference/gpu_check.py")
+    start = time.time()
+    worst = face.check_kernels()
+    return worst, f"(rms_norm, layer_norm, 4 bias+activations, rotary in fp32/fp16/bf16; {time.time() - start:.0f}s)"
+
+
+CHECKS: Dict[str, Callable[[bool], Tuple[float, str]]] = {"fused_adam": check_fused_adam, "quantizer": check_quantizer,
+                                                          "transformer_inference": check_transformer_inference}
 
 
 def cuda_op_names() -> List[str]:

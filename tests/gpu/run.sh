@@ -11,7 +11,7 @@
 #
 # Environment knobs: PYTHON (default python3), OPS (space-separated op names,
 # default: every CUDA op the package registers), PER_OP_TIMEOUT (seconds,
-# default 220), TORCH_EXTENSIONS_DIR (default: a fresh temporary directory,
+# default 220), RUN_LOG_DIR (where the logs go), TORCH_EXTENSIONS_DIR (default: a fresh temporary directory,
 # so stale builds or locks from an earlier run cannot interfere).
 set -u
 
@@ -24,7 +24,9 @@ if [ -z "${TORCH_EXTENSIONS_DIR:-}" ]; then
     TORCH_EXTENSIONS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ds_gpu_ext.XXXXXX")" || exit 2
     export TORCH_EXTENSIONS_DIR
 fi
-LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ds_gpu_logs.XXXXXX")" || exit 2
+# RUN_LOG_DIR: keep every block's full log there (default: a fresh temporary directory).
+LOG_DIR="${RUN_LOG_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ds_gpu_logs.XXXXXX")}" || exit 2
+mkdir -p "$LOG_DIR" || exit 2
 
 ops="${OPS:-}"
 if [ -z "$ops" ]; then
@@ -54,12 +56,20 @@ for op in $ops; do
         { echo "---- $op log (last 60 lines) ----"; tail -n 60 "$log"; } >&2
     fi
 done
-# ---- BEGIN hybrid engine (transformer_inference kernels + 1.3B OPT decode timing) ----
-# Kernel check against the torch references, then (a) the HE decode path vs (c) HF generate on an
-# OPT-1.3B config in fp16, with the fraction of the memory-bandwidth bound per decode step (JSON line).
-timeout --kill-after=10 "$PER_OP_TIMEOUT" "$PY" -m deepspeed.ops.transformer.inference.gpu_check --bench \
-    >"$LOG_DIR/hybrid_engine.log" 2>&1 || failed=1
-grep -E '^(transformer_inference: |\{)' "$LOG_DIR/hybrid_engine.log" || {
-    echo "hybrid_engine: FAIL no verdict"; failed=1; tail -n 40 "$LOG_DIR/hybrid_engine.log" >&2; }
-# ---- END hybrid engine ----
+# ---- the engine on CUDA, and the Hybrid Engine decode timing ----
+# check_engine.py: ZeRO-2 fp16 / ZeRO-3 bf16 training against fp32 AdamW, and ZeRO-3 Hybrid Engine generation
+# with CUDA graphs against HF's argmax (one line each). gpu_check --bench: (a) the HE decode path vs (c) HF
+# generate on OPT-1.3B and TinyLlama-1.1B configs in fp16, with the fraction of the memory-bandwidth bound
+# reached per decode step (one JSON line per model).
+run_block() {  # name, command...
+    local name="$1"; shift
+    timeout --kill-after=10 "$PER_OP_TIMEOUT" "$@" >"$LOG_DIR/$name.log" 2>&1 || failed=1
+    grep -E '^([a-z0-9_]+: (OK|FAIL)|\{)' "$LOG_DIR/$name.log" | grep -v '^transformer_inference: OK' || {
+        echo "$name: FAIL no verdict"; failed=1; }
+    if grep -q ': FAIL' "$LOG_DIR/$name.log"; then
+        { echo "---- $name log (last 60 lines) ----"; tail -n 60 "$LOG_DIR/$name.log"; } >&2
+    fi
+}
+run_block engine "$PY" tests/gpu/check_engine.py
+run_block hybrid_engine_bench "$PY" -m deepspeed.ops.transformer.inference.gpu_check --bench
 exit "$failed"

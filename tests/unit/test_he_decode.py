@@ -47,13 +47,17 @@ def left_padded(pad: int, lengths=(6, 2, 4), seed: int = 0):
     return ids, mask
 
 
-def loop_for(model, workspace=None):
+def loop_for(model, workspace=None, fixed_shape_steps=False):
     policy = find_policy(model)
-    return DecodeLoop(policy, StaticLayers([policy.layer_view(l) for l in policy.layers]), workspace or KVWorkspace())
+    return DecodeLoop(policy, StaticLayers([policy.layer_view(l) for l in policy.layers]), workspace or KVWorkspace(),
+                      fixed_shape_steps=fixed_shape_steps)
 
 
+# fixed_shape_steps: the CUDA-graph step (index_copy_ into the cache, attention over all the call's
+# slots under a mask) runs eagerly on CPU, so it is checked here against HF exactly like the default path.
+@pytest.mark.parametrize("fixed_shape_steps", [False, True], ids=["dynamic", "fixed"])
 @pytest.mark.parametrize("family", ["opt", "opt_post_ln", "llama", "neox"])
-def test_greedy_matches_hf_generate(family):
+def test_greedy_matches_hf_generate(family, fixed_shape_steps):
     model = tiny(family)
     pad = model.config.pad_token_id
     ids, mask = left_padded(pad)
@@ -61,11 +65,27 @@ def test_greedy_matches_hf_generate(family):
         ref = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=pad)
         params, why = resolve_generation(model, ids.shape[1], {"max_new_tokens": 10, "pad_token_id": pad})
         assert why is None
-        out, _ = loop_for(model).generate(ids, mask, params)
+        out, _ = loop_for(model, fixed_shape_steps=fixed_shape_steps).generate(ids, mask, params)
     assert torch.equal(out, ref)
 
 
-def test_eos_stops_rows_and_pads_them_like_hf():
+def test_fixed_shape_steps_ignore_stale_cache_slots():
+    """A cache reused from a longer call holds old K/V past this call's tokens: the mask must hide them."""
+    model = tiny("llama", seed=1)
+    ws = KVWorkspace()
+    ids, mask = left_padded(0, lengths=(7, 3, 5, 6), seed=5)
+    with torch.no_grad():
+        loop_for(model, ws).generate(ids, mask, GenerationParams(12, (), 0))
+        for t in ws.k + ws.v:
+            t.fill_(1e4)  # stale, large and finite
+        short = ids[:2, 3:], mask[:2, 3:]
+        out, _ = loop_for(model, ws, fixed_shape_steps=True).generate(*short, GenerationParams(5, (), 0))
+        ref = model.generate(*short[:1], attention_mask=short[1], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("fixed_shape_steps", [False, True], ids=["dynamic", "fixed"])
+def test_eos_stops_rows_and_pads_them_like_hf(fixed_shape_steps):
     model = tiny("llama")
     ids, mask = left_padded(0, lengths=(5, 3, 4, 5), seed=3)
     with torch.no_grad():
@@ -75,7 +95,7 @@ def test_eos_stops_rows_and_pads_them_like_hf():
         eos = next(t for t in row0[:-1] if any(t not in free[r, 5:].tolist() for r in range(1, 4)))
         ref = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, eos_token_id=eos,
                              pad_token_id=0)
-        out, _ = loop_for(model).generate(ids, mask, GenerationParams(6, (eos,), 0))
+        out, _ = loop_for(model, fixed_shape_steps=fixed_shape_steps).generate(ids, mask, GenerationParams(6, (eos,), 0))
     assert torch.equal(out, ref)
     hit = 5 + row0.index(eos)
     assert int(out[0, hit]) == eos and all(int(t) == 0 for t in out[0, hit + 1:])  # pads after EOS

@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NormSpec", "LayerView", "ModelPolicy", "linear_params", "activation_fn", "rotary_table_from"]
+__all__ = ["NormSpec", "LayerView", "ModelPolicy", "linear_params", "activation_fn", "rotary_table_from",
+           "KERNEL_ACTIVATIONS"]
 
 
 def linear_params(module: torch.nn.Module) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -40,6 +41,11 @@ def linear_params(module: torch.nn.Module) -> Tuple[torch.Tensor, Optional[torch
     while hasattr(module, "base_layer"):
         module = module.base_layer
     return module.weight, getattr(module, "bias", None)
+
+
+#: HF activation name -> the name the fused bias+activation kernel knows it by
+KERNEL_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                      "silu": "silu", "swish": "silu"}
 
 
 def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -109,6 +115,8 @@ class LayerView:
     #: OPT scales q after the projection and runs attention with scale 1
     q_scale: Optional[float] = None
     reduce_group: Optional[object] = None
+    #: the activation's name in kernels.ACTIVATIONS, when the fused bias+activation kernel computes it
+    act_name: str = ""
     #: tensors this view owns (copies), for accounting
     owned: List[torch.Tensor] = field(default_factory=list)
 

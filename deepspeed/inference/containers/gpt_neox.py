@@ -6,8 +6,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from deepspeed.inference.containers.base import (LayerView, ModelPolicy, NormSpec, activation_fn, linear_params,
-                                                  rotary_table_from)
+from deepspeed.inference.containers.base import (KERNEL_ACTIVATIONS, LayerView, ModelPolicy, NormSpec, activation_fn,
+                                                 linear_params, rotary_table_from)
 
 __all__ = ["GPTNeoXPolicy"]
 
@@ -27,6 +27,7 @@ class GPTNeoXPolicy(ModelPolicy):
         super().__init__(model)
         self.base = model.gpt_neox
         self.act = activation_fn(self.config.hidden_act)
+        self.act_name = KERNEL_ACTIVATIONS.get(self.config.hidden_act, "")
 
     def lora_roles(self, layer: torch.nn.Module) -> Dict[str, torch.nn.Module]:
         return {"qkv": layer.attention.query_key_value, "out": layer.attention.dense,
@@ -43,6 +44,7 @@ class GPTNeoXPolicy(ModelPolicy):
         return LayerView(qkv_w=qkv_w, qkv_b=qkv_b, qkv_layout="per_head", n_heads=n_heads, n_kv_heads=n_heads,
                          head_dim=attn.head_size, out_w=out_w, out_b=out_b, mlp_in_w=in_w, mlp_in_b=in_b,
                          mlp_out_w=down_w, mlp_out_b=down_b, act=self.act, gated=False,
+                         act_name=self.act_name,
                          attn_norm=_norm(layer.input_layernorm), mlp_norm=_norm(layer.post_attention_layernorm),
                          residual="parallel" if layer.use_parallel_residual else "pre",
                          rotary_dims=attn.rotary_ndims, attn_scale=attn.scaling)

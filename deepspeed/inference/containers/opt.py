@@ -6,7 +6,8 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 
-from deepspeed.inference.containers.base import LayerView, ModelPolicy, NormSpec, activation_fn, linear_params
+from deepspeed.inference.containers.base import (KERNEL_ACTIVATIONS, LayerView, ModelPolicy, NormSpec, activation_fn,
+                                                 linear_params)
 
 __all__ = ["OPTPolicy"]
 
@@ -29,6 +30,7 @@ class OPTPolicy(ModelPolicy):
         super().__init__(model)
         self.decoder = model.model.decoder
         self.act = activation_fn(self.config.activation_function)
+        self.act_name = KERNEL_ACTIVATIONS.get(self.config.activation_function, "")
 
     def lora_roles(self, layer: torch.nn.Module) -> Dict[str, torch.nn.Module]:
         attn = layer.self_attn
@@ -46,6 +48,7 @@ class OPTPolicy(ModelPolicy):
         return LayerView(qkv_w=qkv_w, qkv_b=qkv_b, qkv_layout="blocked", n_heads=attn.num_heads,
                          n_kv_heads=attn.num_heads, head_dim=attn.head_dim, out_w=out_w, out_b=out_b,
                          mlp_in_w=in_w, mlp_in_b=in_b, mlp_out_w=down_w, mlp_out_b=down_b, act=self.act,
+                         act_name=self.act_name,
                          gated=False, attn_norm=_norm(layer.self_attn_layer_norm), mlp_norm=_norm(layer.final_layer_norm),
                          residual="pre" if layer.do_layer_norm_before else "post", q_scale=attn.scaling, attn_scale=1.0,
                          owned=[qkv_w] + ([qkv_b] if qkv_b is not None else []))
