@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "multi_tensor_adam.h"
+#include "../includes/ds_check.h"
 
 namespace {
 
@@ -19,7 +20,7 @@ ds_kernels::ScalarKind to_kind(at::ScalarType t)
         case at::kFloat: return ds_kernels::ScalarKind::kFloat32;
         case at::kHalf: return ds_kernels::ScalarKind::kFloat16;
         case at::kBFloat16: return ds_kernels::ScalarKind::kBFloat16;
-        default: TORCH_CHECK(false, "multi_tensor_adam: unsupported dtype ", t);
+        default: DS_CHECK(false, "multi_tensor_adam: unsupported dtype ", t);
     }
 }
 
@@ -38,22 +39,22 @@ void multi_tensor_adam(int64_t chunk_size,
                        int64_t bias_correction,
                        double weight_decay)
 {
-    TORCH_CHECK(tensor_lists.size() == 4, "multi_tensor_adam: expected 4 tensor lists [g, p, m, v], got ",
+    DS_CHECK(tensor_lists.size() == 4, "multi_tensor_adam: expected 4 tensor lists [g, p, m, v], got ",
                 tensor_lists.size());
     const size_t n = tensor_lists[0].size();
     for (const auto& list : tensor_lists) {
-        TORCH_CHECK(list.size() == n, "multi_tensor_adam: tensor lists must have equal length");
+        DS_CHECK(list.size() == n, "multi_tensor_adam: tensor lists must have equal length");
     }
     if (n == 0) return;
-    TORCH_CHECK(noop_flag.is_cuda() && noop_flag.scalar_type() == at::kInt && noop_flag.numel() >= 1,
+    DS_CHECK(noop_flag.is_cuda() && noop_flag.scalar_type() == at::kInt && noop_flag.numel() >= 1,
                 "multi_tensor_adam: noop_flag must be a CUDA int32 tensor with one element");
 
     const at::Tensor& first = tensor_lists[1][0];
     const auto param_type = first.scalar_type();
     const auto state_type = tensor_lists[2][0].scalar_type();
-    TORCH_CHECK(state_type == at::kFloat || state_type == param_type,
+    DS_CHECK(state_type == at::kFloat || state_type == param_type,
                 "multi_tensor_adam: optimizer state must be fp32 or the parameter dtype");
-    TORCH_CHECK(noop_flag.device() == first.device(), "multi_tensor_adam: noop_flag on another device");
+    DS_CHECK(noop_flag.device() == first.device(), "multi_tensor_adam: noop_flag on another device");
 
     std::vector<std::vector<void*>> ptrs(4, std::vector<void*>(n));
     std::vector<int64_t> numels(n);
@@ -61,11 +62,11 @@ void multi_tensor_adam(int64_t chunk_size,
         const int64_t numel = tensor_lists[1][t].numel();
         for (size_t d = 0; d < 4; ++d) {
             const at::Tensor& x = tensor_lists[d][t];
-            TORCH_CHECK(x.is_cuda() && x.device() == first.device(),
+            DS_CHECK(x.is_cuda() && x.device() == first.device(),
                         "multi_tensor_adam: all tensors must be on ", first.device());
-            TORCH_CHECK(x.is_contiguous(), "multi_tensor_adam: tensors must be contiguous");
-            TORCH_CHECK(x.numel() == numel, "multi_tensor_adam: g/p/m/v sizes differ for tensor ", t);
-            TORCH_CHECK(x.scalar_type() == (d < 2 ? param_type : state_type),
+            DS_CHECK(x.is_contiguous(), "multi_tensor_adam: tensors must be contiguous");
+            DS_CHECK(x.numel() == numel, "multi_tensor_adam: g/p/m/v sizes differ for tensor ", t);
+            DS_CHECK(x.scalar_type() == (d < 2 ? param_type : state_type),
                         "multi_tensor_adam: mixed dtypes in one call (list ", d, ", tensor ", t, ")");
             ptrs[d][t] = x.data_ptr();
         }
@@ -87,7 +88,7 @@ void multi_tensor_adam(int64_t chunk_size,
         chunk_size, noop_flag.data_ptr<int>(), static_cast<int>(n), ptrs[0].data(), ptrs[1].data(),
         ptrs[2].data(), ptrs[3].data(), numels.data(), to_kind(param_type), to_kind(state_type), hyper,
         static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
-    TORCH_CHECK(err == nullptr, err ? err : "");
+    DS_CHECK(err == nullptr, err ? err : "");
 }
 
 }  // namespace

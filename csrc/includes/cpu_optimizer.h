@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "cpu_simd.h"
+#include "ds_check.h"
 
 namespace ds_cpu {
 
@@ -121,15 +122,15 @@ void with_storage_type(at::ScalarType dtype, const char* what, F&& f)
         case at::kFloat: f(type_tag<float>{}); break;
         case at::kHalf: f(type_tag<half_bits>{}); break;
         case at::kBFloat16: f(type_tag<bf16_bits>{}); break;
-        default: TORCH_CHECK(false, what, " must be float32, float16 or bfloat16, got ", dtype);
+        default: DS_CHECK(false, what, " must be float32, float16 or bfloat16, got ", dtype);
     }
 }
 
 inline void check_buffer(const at::Tensor& t, const at::Tensor& params, const char* opname, const char* what)
 {
-    TORCH_CHECK(t.device().is_cpu(), opname, ": ", what, " must be a CPU tensor, got device ", t.device());
-    TORCH_CHECK(t.is_contiguous(), opname, ": ", what, " must be contiguous");
-    TORCH_CHECK(t.numel() == params.numel(), opname, ": ", what, " has ", t.numel(), " elements but params has ",
+    DS_CHECK(t.device().is_cpu(), opname, ": ", what, " must be a CPU tensor, got device ", t.device());
+    DS_CHECK(t.is_contiguous(), opname, ": ", what, " must be contiguous");
+    DS_CHECK(t.numel() == params.numel(), opname, ": ", what, " has ", t.numel(), " elements but params has ",
                 params.numel());
 }
 
@@ -141,21 +142,21 @@ template <class Op>
 void apply_update(const Op& op, const char* opname, const at::Tensor& params, const at::Tensor& grads,
                   const std::vector<at::Tensor>& states, const at::Tensor* copy)
 {
-    TORCH_CHECK(static_cast<int>(states.size()) == Op::kStates, opname, ": expected ", Op::kStates,
+    DS_CHECK(static_cast<int>(states.size()) == Op::kStates, opname, ": expected ", Op::kStates,
                 " state tensors");
     check_buffer(params, params, opname, "params");
     check_buffer(grads, params, opname, "grads");
     const at::ScalarType state_dtype = states[0].scalar_type();
     for (const at::Tensor& s : states) {
         check_buffer(s, params, opname, "optimizer state");
-        TORCH_CHECK(s.scalar_type() == state_dtype, opname, ": all optimizer states must share one dtype");
+        DS_CHECK(s.scalar_type() == state_dtype, opname, ": all optimizer states must share one dtype");
     }
-    TORCH_CHECK(state_dtype == at::kFloat || state_dtype == params.scalar_type(), opname,
+    DS_CHECK(state_dtype == at::kFloat || state_dtype == params.scalar_type(), opname,
                 ": optimizer states must be float32 or the parameter dtype (", params.scalar_type(), "), got ",
                 state_dtype);
     if (copy != nullptr) {
         check_buffer(*copy, params, opname, "params_copy");
-        TORCH_CHECK(copy->scalar_type() == at::kHalf || copy->scalar_type() == at::kBFloat16, opname,
+        DS_CHECK(copy->scalar_type() == at::kHalf || copy->scalar_type() == at::kBFloat16, opname,
                     ": params_copy must be float16 or bfloat16, got ", copy->scalar_type());
     }
     const int64_t n = params.numel();
@@ -208,7 +209,7 @@ public:
     {
         std::lock_guard<std::mutex> lock(mutex_);
         auto it = configs_.find(id);
-        TORCH_CHECK(it != configs_.end(), opname, ": no optimizer with id ", id, " (create it first)");
+        DS_CHECK(it != configs_.end(), opname, ": no optimizer with id ", id, " (create it first)");
         return it->second;
     }
     void destroy(int id)

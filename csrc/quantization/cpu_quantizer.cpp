@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include "../includes/ds_check.h"
 
 namespace {
 
@@ -55,16 +56,16 @@ void dequantize_groups(const int8_t* q, const float* scales, int64_t groups, int
 
 void check_groups(int64_t numel, int64_t groups, const char* what)
 {
-    TORCH_CHECK(groups > 0, what, ": groups must be positive, got ", groups);
-    TORCH_CHECK(numel % groups == 0, what, ": numel ", numel, " is not divisible by groups=", groups);
+    DS_CHECK(groups > 0, what, ": groups must be positive, got ", groups);
+    DS_CHECK(numel % groups == 0, what, ": numel ", numel, " is not divisible by groups=", groups);
 }
 
 // x: any shape, fp32/fp16/bf16 CPU tensor. Returns (q: int8, x's shape;
 // scales: fp32, (groups,)).
 std::tuple<at::Tensor, at::Tensor> quantize(const at::Tensor& x, int64_t groups, int64_t bits)
 {
-    TORCH_CHECK(x.device().is_cpu(), "quantize: expected a CPU tensor");
-    TORCH_CHECK(bits >= 2 && bits <= 8, "quantize: bits must be in [2, 8], got ", bits);
+    DS_CHECK(x.device().is_cpu(), "quantize: expected a CPU tensor");
+    DS_CHECK(bits >= 2 && bits <= 8, "quantize: bits must be in [2, 8], got ", bits);
     check_groups(x.numel(), groups, "quantize");
     const at::Tensor xc = x.contiguous();
     at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kChar));
@@ -84,7 +85,7 @@ std::tuple<at::Tensor, at::Tensor> quantize(const at::Tensor& x, int64_t groups,
             quantize_groups(xc.data_ptr<at::BFloat16>(), groups, group_size, b, q.data_ptr<int8_t>(),
                             scales.data_ptr<float>());
             break;
-        default: TORCH_CHECK(false, "quantize: unsupported dtype ", x.scalar_type());
+        default: DS_CHECK(false, "quantize: unsupported dtype ", x.scalar_type());
     }
     return std::make_tuple(q, scales);
 }
@@ -92,11 +93,11 @@ std::tuple<at::Tensor, at::Tensor> quantize(const at::Tensor& x, int64_t groups,
 // q: int8 CPU tensor, scales: (groups,) fp32. Returns q's shape in out_dtype.
 at::Tensor dequantize(const at::Tensor& q, const at::Tensor& scales, int64_t groups, at::ScalarType out_dtype)
 {
-    TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == at::kChar, "dequantize: q must be an int8 CPU tensor");
-    TORCH_CHECK(scales.device().is_cpu() && scales.scalar_type() == at::kFloat,
+    DS_CHECK(q.device().is_cpu() && q.scalar_type() == at::kChar, "dequantize: q must be an int8 CPU tensor");
+    DS_CHECK(scales.device().is_cpu() && scales.scalar_type() == at::kFloat,
                 "dequantize: scales must be an fp32 CPU tensor");
     check_groups(q.numel(), groups, "dequantize");
-    TORCH_CHECK(scales.numel() == groups, "dequantize: expected ", groups, " scales, got ", scales.numel());
+    DS_CHECK(scales.numel() == groups, "dequantize: expected ", groups, " scales, got ", scales.numel());
     const at::Tensor qc = q.contiguous();
     const at::Tensor sc = scales.contiguous();
     at::Tensor out = at::empty(q.sizes(), q.options().dtype(out_dtype));
@@ -114,7 +115,7 @@ at::Tensor dequantize(const at::Tensor& q, const at::Tensor& scales, int64_t gro
             dequantize_groups(qc.data_ptr<int8_t>(), sc.data_ptr<float>(), groups, group_size,
                               out.data_ptr<at::BFloat16>());
             break;
-        default: TORCH_CHECK(false, "dequantize: unsupported dtype ", out_dtype);
+        default: DS_CHECK(false, "dequantize: unsupported dtype ", out_dtype);
     }
     return out;
 }

@@ -183,6 +183,7 @@ def check_quantizer(simulate: bool = False) -> Tuple[float, str]:
     t0 = time.time()
     op = _SimulatedQuantizer(ref) if simulate else QuantizerBuilder().jit_load(verbose=False)
     build_s = time.time() - t0
+    print(f"quantizer built in {build_s:.0f}s", file=sys.stderr, flush=True)
     dev = torch.device("cpu" if simulate else "cuda")
     dtypes = [torch.float32, torch.float16, torch.bfloat16]
     # (numel, groups, bits): single group, odd group counts, more groups than
@@ -195,6 +196,8 @@ def check_quantizer(simulate: bool = False) -> Tuple[float, str]:
             gen = torch.Generator().manual_seed(cases)
             x = (torch.randn(numel, generator=gen) * 10).to(dtype)
             x[:numel // groups] = 0  # an all-zero group
+            print(f"quantizer case {cases}: {dtype} numel={numel} groups={groups} bits={bits}", file=sys.stderr,
+                  flush=True)  # progress, so that a crash log shows the case
             q_ref, s_ref = ref.quantize_reference(x, groups, bits)
             q, s = op.quantize(x.to(dev), groups, bits)
             if not torch.equal(q.cpu(), q_ref):

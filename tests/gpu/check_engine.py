@@ -28,10 +28,13 @@ os.environ.setdefault("RANK", "0")
 os.environ.setdefault("LOCAL_RANK", "0")
 os.environ.setdefault("WORLD_SIZE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from check_cuda_ops import bootstrap  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM  # noqa: E402
 
+bootstrap()  # a plain checkout: map accelerator/ and op_builder/ onto their installed names
 import deepspeed  # noqa: E402
 
 VOCAB = 512

@@ -18,7 +18,7 @@ set -u
 cd "$(dirname "$0")/../.." || exit 2
 PY="${PYTHON:-python3}"
 PER_OP_TIMEOUT="${PER_OP_TIMEOUT:-220}"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1  # a crash still shows where it happened
 export MAX_JOBS="${MAX_JOBS:-$(nproc 2>/dev/null || echo 4)}"
 if [ -z "${TORCH_EXTENSIONS_DIR:-}" ]; then
     TORCH_EXTENSIONS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/ds_gpu_ext.XXXXXX")" || exit 2
@@ -71,5 +71,5 @@ run_block() {  # name, command...
     fi
 }
 run_block engine "$PY" tests/gpu/check_engine.py
-run_block hybrid_engine_bench "$PY" -m deepspeed.ops.transformer.inference.gpu_check --bench
+run_block hybrid_engine_bench "$PY" tests/gpu/bench_decode.py --bench
 exit "$failed"

@@ -9,6 +9,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "cpu_optimizer.h"
+#include "../../includes/ds_check.h"
 
 namespace {
 
@@ -33,7 +34,7 @@ struct AdagradOp {
 
 AdagradOp make_op(int id, int64_t step, double lr, double eps, double weight_decay)
 {
-    TORCH_CHECK(step >= 1, "adagrad_update: step must be >= 1, got ", step);
+    DS_CHECK(step >= 1, "adagrad_update: step must be >= 1, got ", step);
     ds_cpu::registry<AdagradConfig>().get(id, "adagrad_update");  // fails clearly on an unknown id
     AdagradOp op;
     op.neg_lr = static_cast<float>(-lr);

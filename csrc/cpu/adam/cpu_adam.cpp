@@ -15,6 +15,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "cpu_optimizer.h"
+#include "../../includes/ds_check.h"
 
 namespace {
 
@@ -53,7 +54,7 @@ struct AdamOp {
 AdamOp make_op(int id, int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay,
                bool bias_correction)
 {
-    TORCH_CHECK(step >= 1, "adam_update: step must be >= 1, got ", step);
+    DS_CHECK(step >= 1, "adam_update: step must be >= 1, got ", step);
     const AdamConfig config = ds_cpu::registry<AdamConfig>().get(id, "adam_update");
     const double bc1 = bias_correction ? 1.0 - std::pow(beta1, static_cast<double>(step)) : 1.0;
     const double bc2 = bias_correction ? 1.0 - std::pow(beta2, static_cast<double>(step)) : 1.0;

@@ -10,6 +10,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "cpu_optimizer.h"
+#include "../../includes/ds_check.h"
 
 namespace {
 
@@ -36,7 +37,7 @@ struct LionOp {
 
 LionOp make_op(int id, int64_t step, double lr, double beta1, double beta2, double weight_decay)
 {
-    TORCH_CHECK(step >= 1, "lion_update: step must be >= 1, got ", step);
+    DS_CHECK(step >= 1, "lion_update: step must be >= 1, got ", step);
     ds_cpu::registry<LionConfig>().get(id, "lion_update");  // fails clearly on an unknown id
     LionOp op;
     op.beta1 = static_cast<float>(beta1);

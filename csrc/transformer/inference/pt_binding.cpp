@@ -8,23 +8,24 @@
 #include <torch/extension.h>
 
 #include "inference_launch.h"
+#include "../../includes/ds_check.h"
 
 namespace {
 
 ds_kernels::ScalarKind to_kind(const at::Tensor& t, const char* what)
 {
-    TORCH_CHECK(t.is_cuda(), what, ": expected a CUDA tensor");
+    DS_CHECK(t.is_cuda(), what, ": expected a CUDA tensor");
     switch (t.scalar_type()) {
         case at::kFloat: return ds_kernels::ScalarKind::kFloat32;
         case at::kHalf: return ds_kernels::ScalarKind::kFloat16;
         case at::kBFloat16: return ds_kernels::ScalarKind::kBFloat16;
-        default: TORCH_CHECK(false, what, ": unsupported dtype ", t.scalar_type());
+        default: DS_CHECK(false, what, ": unsupported dtype ", t.scalar_type());
     }
 }
 
 void* stream() { return static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()); }
 
-void check(const char* err) { TORCH_CHECK(err == nullptr, err ? err : ""); }
+void check(const char* err) { DS_CHECK(err == nullptr, err ? err : ""); }
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps)
 {
@@ -55,7 +56,7 @@ at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::T
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t rot)
 {
     const auto kind = to_kind(x, "rotary");
-    TORCH_CHECK(x.dim() == 4, "rotary: x must be (batch, heads, seq, head_dim)");
+    DS_CHECK(x.dim() == 4, "rotary: x must be (batch, heads, seq, head_dim)");
     const c10::cuda::CUDAGuard guard(x.device());
     const int64_t b = x.size(0), h = x.size(1), s = x.size(2), d = x.size(3);
     const at::Tensor xc = x.contiguous();
