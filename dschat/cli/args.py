@@ -236,6 +236,11 @@ def step3_parser() -> argparse.ArgumentParser:
                        "config otherwise); evaluation stays greedy")
     extra.add_argument("--temperature", type=float, default=1.0, help="sampling temperature with --do_sample")
     extra.add_argument("--top_k", type=int, default=0, help="top-k sampling with --do_sample (0: off)")
+    extra.add_argument("--whiten_advantages", action="store_true",
+                       help="whiten the PPO advantages of each micro-batch (DS-Chat: not whitened)")
+    extra.add_argument("--critic_warmup_steps", type=int, default=0,
+                       help="the first N PPO rounds train only the critic, so the actor's first updates "
+                       "see a fitted baseline (DS-Chat: 0)")
     resume = parser.add_argument_group("beyond DS-Chat: checkpoints and resume")
     resume.add_argument("--save_steps", type=int, default=0,
                         help="checkpoint actor, critic, optimizers, data position, RNG and reward EMA every N "
@@ -283,6 +288,8 @@ def validate_step3_args(args: argparse.Namespace) -> List[str]:
         errors.append("--save_steps/--resume need --output_dir or --checkpoint_dir to know where checkpoints live")
     if args.save_steps < 0:
         errors.append(f"--save_steps must be >= 0, got {args.save_steps}")
+    if args.critic_warmup_steps < 0:
+        errors.append(f"--critic_warmup_steps must be >= 0, got {args.critic_warmup_steps}")
     if args.inference_tp_size < 1:
         errors.append(f"--inference_tp_size must be >= 1, got {args.inference_tp_size}")
     if args.inference_tp_size > 1 and args.actor_zero_stage != 3:

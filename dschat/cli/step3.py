@@ -12,7 +12,10 @@ Beyond DS-Chat: `--save_steps N` checkpoints engines, optimizers, data
 position, RNG and reward statistics every N steps and `--resume` continues
 from the latest checkpoint; on gradeable data the task success and mean
 reward of greedy answers are measured before, every `--task_eval_interval`
-steps and after training; `--do_sample` samples the experience answers.
+steps and after training (and the success of the sampled experience
+answers is logged every round); `--do_sample` samples the experience
+answers; `--critic_warmup_steps N` trains only the critic in the first N
+rounds; `--whiten_advantages` whitens each micro-batch's advantages.
 
 Launch:
 
@@ -27,7 +30,7 @@ Flags: `python -m dschat.step3 --help` (spec §2; defined in dschat/cli/args.py)
 import itertools
 import random
 import time
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from transformers import default_data_collator
@@ -37,6 +40,7 @@ from dschat.cli.common import run_main, init_distributed, make_loader, set_epoch
 from dschat.cli.resume import Step3State, load_step3_checkpoint, save_step3_checkpoint, set_rng_state
 from dschat.data.collators import DataCollatorRLHF, MiniDataset
 from dschat.data.data_utils import create_prompt_dataset
+from dschat.data.synthetic import check_answer
 from dschat.data.tokenizer import load_hf_tokenizer
 from dschat.data.unsupervised import get_unsupervised_data
 from dschat.eval.task_success import evaluate_actor, load_task_prompts
@@ -137,6 +141,7 @@ def _run(args, device: torch.device) -> dict:
     if state.global_step == 0:
         evaluate("before PPO")
     stopped = False
+    sampled_success: List[Tuple[int, int]] = []  # (correct, graded) experience answers since the last round
     for epoch in range(state.epoch, args.num_train_epochs):
         set_epoch(prompt_loader, epoch)
         batches = zip(prompt_loader, unsup_loader) if unsupervised else ((b, None) for b in prompt_loader)
@@ -151,12 +156,14 @@ def _run(args, device: torch.device) -> dict:
             batch_prompt = to_device(batch_prompt, device)
             experience = trainer.generate_experience(batch_prompt["prompt"], batch_prompt["prompt_att_mask"],
                                                      state.global_step)
+            sampled_success.append(_experience_success(tokenizer, experience) if task_prompts else (0, 0))
             training_start = time.time()
             exp_dataset = exp_buffer.add(experience)
             unsup_dataset = unsup_buffer.add(to_device(batch_unsup, device)) if unsupervised else None
             if exp_dataset is not None:
                 _ppo_round(args, rlhf_engine, trainer, exp_dataset, unsup_dataset, state, reward_ema, gas_actor,
-                           scalars, training_start)
+                           scalars, training_start, sampled_success)
+                sampled_success = []
             state.epoch, state.step, state.global_step = epoch, step + 1, state.global_step + 1
             actor_overflow, critic_overflow = trainer.get_overflow()
             if not actor_overflow and not critic_overflow:
@@ -189,8 +196,14 @@ def _run(args, device: torch.device) -> dict:
 
 def _ppo_round(args, rlhf_engine, trainer, exp_dataset, unsup_dataset, state: Step3State,
                reward_ema: ExponentialMovingAverage, gas_actor: int, scalars: ScalarWriter,
-               training_start: float) -> None:
-    """`--ppo_epochs` passes over one buffer of experience, then logging (spec §8 "Step-3 loop")."""
+               training_start: float, sampled_success: Sequence[Tuple[int, int]] = ()) -> None:
+    """`--ppo_epochs` passes over one buffer of experience, then logging (spec §8 "Step-3 loop").
+
+    The first `--critic_warmup_steps` rounds train the critic only.
+    `sampled_success` holds the (correct, graded) counts of each buffered
+    batch's answers; their all-ranks ratio is logged next to the reward.
+    """
+    train_actor = state.global_step >= args.critic_warmup_steps
     if unsup_dataset is None:
         unsup_dataset = [None] * len(exp_dataset)
     actor_loss_sum = critic_loss_sum = unsup_loss_sum = reward_sum = 0.0
@@ -199,7 +212,7 @@ def _ppo_round(args, rlhf_engine, trainer, exp_dataset, unsup_dataset, state: St
         rlhf_engine.actor.gradient_checkpointing_enable()
     for _ in range(args.ppo_epochs):
         for exp_data, unsup_data in zip(exp_dataset, unsup_dataset):
-            actor_loss, critic_loss = trainer.train_rlhf(exp_data)
+            actor_loss, critic_loss = trainer.train_rlhf(exp_data, train_actor=train_actor)
             actor_loss_sum += actor_loss.item()
             critic_loss_sum += critic_loss.item()
             reward_sum += exp_data.rewards.float().mean().item()
@@ -227,12 +240,39 @@ def _ppo_round(args, rlhf_engine, trainer, exp_dataset, unsup_dataset, state: St
                  f"Actor Loss: {actor_loss_sum / inner_iter:.4f} | Critic Loss: {critic_loss_sum / inner_iter:.4f} | "
                  f"Unsupervised Loss: {unsup_loss_sum / inner_iter:.4f}")
     ema = reward_ema.get()
+    # Every rank reduces every round (no rank-dependent collective); the mean keeps the ratio.
+    counts = get_all_reduce_mean(torch.tensor([float(sum(c for c, _ in sampled_success)),
+                                               float(sum(g for _, g in sampled_success))], device=device))
+    success = float(counts[0] / counts[1]) if counts[1] > 0 else None
     print_rank_0(f"Average reward score: {average_reward:.4f} | EMA reward score: "
-                 f"{'n/a' if ema is None else f'{ema:.4f}'} | End-to-end {e2e_time:.2f}s "
+                 f"{'n/a' if ema is None else f'{ema:.4f}'} | "
+                 f"{'' if success is None else f'Sampled task success: {success:.3f} | '}"
+                 f"{'' if train_actor else 'critic warm-up | '}End-to-end {e2e_time:.2f}s "
                  f"(generation {trainer.generate_time:.2f}s)")
-    scalars.add_scalars({"reward": average_reward, "actor_loss": actor_loss_sum / inner_iter,
-                         "actor_loss_sum": actor_loss_sum, "critic_loss": critic_loss_sum / inner_iter,
-                         "critic_loss_sum": critic_loss_sum}, state.global_step)
+    values = {"reward": average_reward, "actor_loss": actor_loss_sum / inner_iter, "actor_loss_sum": actor_loss_sum,
+              "critic_loss": critic_loss_sum / inner_iter, "critic_loss_sum": critic_loss_sum}
+    if success is not None:
+        values["sampled_task_success"] = success
+    scalars.add_scalars(values, state.global_step)
+
+
+def _experience_success(tokenizer: Any, experience: Any) -> Tuple[int, int]:
+    """(correct, graded) counts of the experience's (sampled) answers; ungradeable prompts are not counted.
+
+    Evaluation is greedy; this is the success of the answers PPO actually
+    learns from, so the log shows whether the sampled policy improves too.
+    """
+    width = experience.prompt_length
+    prompts = tokenizer.batch_decode(experience.seq[:, :width], skip_special_tokens=True)
+    answers = tokenizer.batch_decode(experience.seq[:, width:], skip_special_tokens=True)
+    correct = graded = 0
+    for prompt, answer in zip(prompts, answers):
+        try:
+            correct += bool(check_answer(prompt, answer))
+        except ValueError:
+            continue
+        graded += 1
+    return correct, graded
 
 
 def _summary(state: Step3State) -> Dict[str, Any]:

@@ -50,6 +50,7 @@ __all__ = [
     "compute_rewards",
     "zero_after_end",
     "get_advantages_and_returns",
+    "whiten",
     "ppo_targets",
     "actor_loss_fn",
     "critic_loss_fn",
@@ -170,6 +171,28 @@ def get_advantages_and_returns(values: torch.Tensor,
     return advantages.detach(), returns
 
 
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """`(values - mean) / sqrt(var + eps)`, with mean and (biased) variance over the positions where `mask` is 1.
+
+    values, mask: (B, A). Positions outside the mask are shifted and scaled
+    too (they are masked out of the losses anyway). Why (step 3's
+    `--whiten_advantages`): GAE with a critic that is still far from the
+    returns gives every sampled token an advantage with one large common
+    offset; PPO then raises (or lowers) the probability of whatever was
+    sampled, right or wrong alike, and only the small remainder carries
+    the reward's ranking. Whitening per batch keeps the ranking and drops
+    the offset. With fewer than two masked positions the input is
+    returned unchanged (a variance needs two).
+    """
+    weights = mask.to(values.dtype)
+    count = weights.sum()
+    if float(count) < 2:
+        return values
+    mean = (values * weights).sum() / count
+    var = (((values - mean)**2) * weights).sum() / count
+    return (values - mean) * torch.rsqrt(var + eps)
+
+
 def ppo_targets(prompts: torch.Tensor,
                 log_probs: torch.Tensor,
                 ref_log_probs: torch.Tensor,
@@ -179,13 +202,17 @@ def ppo_targets(prompts: torch.Tensor,
                 kl_ctl: float = KL_CTL,
                 clip_reward_value: float = CLIP_REWARD_VALUE,
                 gamma: float = GAMMA,
-                lam: float = LAM) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                lam: float = LAM,
+                whiten_advantages: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The no-grad half of `train_rlhf`: rewards, end zeroing and GAE.
 
     Inputs as in `compute_rewards`, plus `values` (B, L-1), the old critic
     values. Returns `(rewards, old_values, advantages, returns)`: the first
     two (B, L-1) zeroed from `ends` on, the last two (B, L-1-start).
     Unlike the release, the caller's `values` is not modified in place.
+    With `whiten_advantages` (off in the release) the advantages are
+    whitened over the answer actions (`whiten`); the returns, the critic's
+    targets, are computed before that and do not change.
     """
     start = prompts.shape[1] - 1
     ends, _ = reward_positions(start, action_mask)
@@ -194,6 +221,8 @@ def ppo_targets(prompts: torch.Tensor,
     rewards = zero_after_end(rewards, ends)
     old_values = zero_after_end(values, ends)
     advantages, returns = get_advantages_and_returns(old_values, rewards, start, gamma, lam)
+    if whiten_advantages:
+        advantages = whiten(advantages, action_mask[:, start:])
     return rewards, old_values, advantages, returns
 
 

@@ -23,6 +23,9 @@ Deliberate choices where the release has a quirk (spec §13):
   is scored at the positions it generated at (spec §4 "(?)"). For OPT this
   is what its learned positions compute anyway.
 * KL at every position and unwhitened advantages are kept as in the release.
+  Two opt-in departures (step-3 flags, off by default): `--whiten_advantages`
+  whitens the advantages of each micro-batch, and `train_rlhf(...,
+  train_actor=False)` updates the critic only (`--critic_warmup_steps`).
 """
 import contextlib
 import time
@@ -122,6 +125,8 @@ class DeepSpeedPPOTrainer:
         self.cliprange_value = CLIPRANGE_VALUE
         self.gamma = GAMMA
         self.lam = LAM
+        #: whiten the advantages per micro-batch (`--whiten_advantages`; the release does not)
+        self.whiten_advantages: bool = bool(getattr(args, "whiten_advantages", False))
         #: wall time of the last `generate` call, for throughput reports
         self.generate_time = 0.0
         #: (prompt width, seq) of the last batch that had a usable answer
@@ -243,30 +248,39 @@ class DeepSpeedPPOTrainer:
                                    start: int) -> Tuple[torch.Tensor, torch.Tensor]:
         return get_advantages_and_returns(values, rewards, start, self.gamma, self.lam)
 
-    def train_rlhf(self, inputs: Union[Experience, Dict[str, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One PPO update of actor and critic on one micro-batch; returns (actor_loss, critic_loss)."""
+    def train_rlhf(self, inputs: Union[Experience, Dict[str, torch.Tensor]],
+                   train_actor: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One PPO update of actor and critic on one micro-batch; returns (actor_loss, critic_loss).
+
+        With `train_actor=False` (critic warm-up) the actor loss is computed
+        for the log but the actor takes no backward and no step; every rank
+        must pass the same flag, since backward and step are collectives.
+        """
         exp = inputs if isinstance(inputs, Experience) else Experience.from_dict(inputs)
         start = exp.prompt_length - 1
         action_mask = exp.action_mask
         with torch.no_grad():
             _, old_values, advantages, returns = ppo_targets(exp.prompts, exp.logprobs, exp.ref_logprobs, exp.rewards,
                                                              exp.value, action_mask, self.kl_ctl,
-                                                             self.clip_reward_value, self.gamma, self.lam)
+                                                             self.clip_reward_value, self.gamma, self.lam,
+                                                             self.whiten_advantages)
         batch = {
             "input_ids": exp.seq,
             "attention_mask": exp.attention_mask,
             "position_ids": position_ids_from_mask(exp.attention_mask),
         }
-        logits = _logits(self.actor_model(**batch, use_cache=False))
-        if self.compute_fp32_loss:
-            logits = logits.float()
-        log_probs = gather_log_probs(logits[:, :-1, :], exp.seq[:, 1:])
-        actor_loss = actor_loss_fn(log_probs[:, start:], exp.logprobs[:, start:], advantages, action_mask[:, start:],
-                                   self.cliprange)
-        self.actor_model.backward(actor_loss)
-        aligning = bool(getattr(self.args, "align_overflow", False))
-        if not aligning:
-            self.actor_model.step()
+        with contextlib.nullcontext() if train_actor else torch.no_grad():
+            logits = _logits(self.actor_model(**batch, use_cache=False))
+            if self.compute_fp32_loss:
+                logits = logits.float()
+            log_probs = gather_log_probs(logits[:, :-1, :], exp.seq[:, 1:])
+            actor_loss = actor_loss_fn(log_probs[:, start:], exp.logprobs[:, start:], advantages,
+                                       action_mask[:, start:], self.cliprange)
+        aligning = train_actor and bool(getattr(self.args, "align_overflow", False))
+        if train_actor:
+            self.actor_model.backward(actor_loss)
+            if not aligning:
+                self.actor_model.step()
 
         values = self.critic_model.forward_value(exp.seq, exp.attention_mask, return_value_only=True,
                                                  use_cache=False)[:, :-1]

@@ -64,6 +64,11 @@ def test_step3_defaults_match_spec():
         assert not hasattr(a, later)
 
 
+def test_step3_ppo_extras_default_to_ds_chat():
+    a = cli_args.parse_step3_args(STEP3)
+    assert (a.critic_warmup_steps, a.whiten_advantages) == (0, False)
+
+
 def test_step3_checkpoint_dir_defaults_under_output_dir():
     a = cli_args.parse_step3_args(STEP3 + ["--output_dir", "/x/out/", "--save_steps", "5"])
     assert a.checkpoint_dir == "/x/out/checkpoints"
@@ -74,6 +79,7 @@ def test_step3_checkpoint_dir_defaults_under_output_dir():
     (["--resume"], "need --output_dir"),
     (["--ppo_epochs", "0"], "--ppo_epochs must be >= 1"),
     (["--do_sample", "--temperature", "0"], "--temperature must be > 0"),
+    (["--critic_warmup_steps", "-1"], "--critic_warmup_steps must be >= 0"),
 ])
 def test_step3_rejects_what_would_fail(extra, message, capsys):
     with pytest.raises(SystemExit):

@@ -11,7 +11,7 @@ import torch
 
 from dschat.ppo.experience import Experience
 from dschat.ppo.losses import (actor_loss_fn, compute_rewards, critic_loss_fn, gather_log_probs,
-                               get_advantages_and_returns, masked_mean, ppo_targets, reward_positions,
+                               get_advantages_and_returns, masked_mean, ppo_targets, reward_positions, whiten,
                                zero_after_end)
 
 T = torch.tensor
@@ -142,6 +142,40 @@ def test_ppo_targets_zeroes_values_after_end():
     close(adv, [[0.95, 1.0, 0.0]])
     close(ret, [[1.95, 2.0, 0.0]])
     close(values, [[5.0, 1.0, 1.0, 7.0]])  # the experience is not mutated
+
+
+def test_whiten_hand_uses_masked_positions_only():
+    # masked values [1, 3, 5, 7] (the 100 is masked out): mean 4, biased var (9+1+1+9)/4 = 5
+    # -> (x - 4) / sqrt(5 + 1e-8)
+    values = T([[1.0, 3.0, 100.0], [5.0, 7.0, 0.0]])
+    mask = T([[1, 1, 0], [1, 1, 0]])
+    out = whiten(values, mask)
+    s5 = 5.0**0.5
+    close(out[:, :2], [[-3 / s5, -1 / s5], [1 / s5, 3 / s5]])
+    close(out[0, 2], (100.0 - 4.0) / s5, tol=1e-4)  # shifted and scaled too, then masked by the losses
+    close(values, [[1.0, 3.0, 100.0], [5.0, 7.0, 0.0]])  # not modified in place
+
+
+def test_whiten_needs_two_positions():
+    values = T([[2.5, 9.0]])
+    close(whiten(values, T([[1, 0]])), [[2.5, 9.0]])
+
+
+def test_ppo_targets_whitens_advantages_but_not_returns():
+    # P=2, L=6: [p p a a PAD PAD] -> action mask [1 1 1 0 0], start=1, n=2, ends=4, score 2 at action 3
+    # logp == ref -> rewards [0 0 0 2 0]; values [5 1 1 1 7] -> zeroed from 4: [5 1 1 1 0]
+    # t=4: A=0; t=3: delta=2-1=1, A=1; t=2: delta=1-1=0, A=0.95; t=1: A=0.9025
+    # A = [0.9025, 0.95, 1, 0], answer mask [1 1 0 0]: mean 0.92625, std 0.02375
+    # -> whitened [-1, 1, 0.07375/0.02375, -39]; returns A + V = [1.9025, 1.95, 2, 0] unchanged
+    prompts = torch.zeros(1, 2, dtype=torch.long)
+    action_mask = T([[1, 1, 1, 1, 0, 0]])[:, 1:]
+    logp = T([[-1.0] * 5])
+    values = T([[5.0, 1.0, 1.0, 1.0, 7.0]])
+    _, _, adv, ret = ppo_targets(prompts, logp, logp.clone(), T([2.0]), values, action_mask, whiten_advantages=True)
+    close(adv, [[-1.0, 1.0, 0.07375 / 0.02375, -39.0]], tol=1e-3)  # eps 1e-8 next to var 5.6e-4
+    close(ret, [[1.9025, 1.95, 2.0, 0.0]])
+    _, _, plain, _ = ppo_targets(prompts, logp, logp.clone(), T([2.0]), values, action_mask)
+    close(plain, [[0.9025, 0.95, 1.0, 0.0]])
 
 
 # --------------------------------------------------------------- losses

@@ -196,6 +196,35 @@ def test_train_rlhf_losses_match_plain_torch_reference():
     torch.testing.assert_close(exp.value, original_value)
 
 
+def test_train_rlhf_critic_warmup_leaves_the_actor_alone():
+    # --critic_warmup_steps: train_actor=False -> no actor backward/step (not even with align_overflow),
+    # no actor gradient, the critic trains as usual and both losses are still reported.
+    log_opt = []
+    actor_opt, critic_opt = FakeWrappedOptimizer(False, log_opt, "actor"), FakeWrappedOptimizer(False, log_opt, "critic")
+    trainer, engine, log = make_trainer({"align_overflow": True}, actor_opt=actor_opt, critic_opt=critic_opt)
+    actor_loss, critic_loss = trainer.train_rlhf(make_experience(), train_actor=False)
+    assert log == ["critic.backward", "critic.step"]
+    assert log_opt == []
+    assert engine.actor.module.head.weight.grad is None and engine.critic.module.emb.weight.grad is not None
+    assert torch.isfinite(actor_loss) and torch.isfinite(critic_loss) and not actor_loss.requires_grad
+
+
+def test_train_rlhf_whiten_advantages_flag_matches_reference():
+    trainer, engine, _ = make_trainer({"whiten_advantages": True})
+    engine.actor.module.drop.p = 0.0
+    exp = make_experience()
+    am = exp.attention_mask[:, 1:]
+    start = exp.prompt_length - 1
+    _, _, adv, _ = ppo_targets(exp.prompts, exp.logprobs, exp.ref_logprobs, exp.rewards, exp.value, am,
+                               whiten_advantages=True)
+    actor_loss, _ = trainer.train_rlhf(exp)
+    with torch.no_grad():
+        lp = gather_log_probs(engine.actor.module(exp.seq).logits[:, :-1], exp.seq[:, 1:])
+    torch.testing.assert_close(actor_loss.detach(), actor_loss_fn(lp[:, start:], exp.logprobs[:, start:], adv,
+                                                                  am[:, start:]))
+    assert make_trainer()[0].whiten_advantages is False  # DS-Chat default
+
+
 def test_train_unsupervised_scales_backward_only():
     trainer, engine, log = make_trainer(cls=DeepSpeedPPOTrainerUnsupervised)
     ids = torch.randint(1, 11, (2, 5))
