@@ -67,6 +67,8 @@ class _CommState:
         self.timeout: Optional[timedelta] = None
         # op name -> [calls, bytes of the first tensor argument(s)].
         self.stats: Dict[str, List[int]] = {}
+        # worlds destroyed so far: keys of each exit handshake are unique even if the store is reused
+        self.exits = 0
 
 
 _STATE = _CommState()
@@ -295,12 +297,47 @@ def is_available() -> bool:
     return dist.is_available()
 
 
+#: seconds rank 0 waits, after destroying the world, for the other ranks to have destroyed theirs
+EXIT_HANDSHAKE_S = 60.0
+
+
 def destroy_process_group(group: Any = None) -> None:
-    """Destroy `group`, or the whole world (and the named-group registry)."""
+    """Destroy `group`, or the whole world (and the named-group registry).
+
+    Destroying the world ends with a handshake through the rendezvous
+    store: every other rank reports that its own teardown is done, and rank
+    0, which hosts the store, waits for those reports before it returns.
+    Otherwise rank 0 can exit, taking the store's server with it, while a
+    peer is still tearing down; that peer then aborts in C++ ("terminate
+    called without an active exception"), and a finished job counts as
+    failed.
+    """
+    store, rank, world = None, 0, 1
+    if group is None and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if world > 1:
+            try:
+                store = dist.distributed_c10d._get_default_store()
+            except Exception:  # a private torch helper: without it, no handshake
+                store = None
     dist.destroy_process_group(group)
     if group is None:
         groups.reset()
         _STATE.timeout = None
+        if store is not None:
+            _exit_handshake(store, rank, world)
+
+
+def _exit_handshake(store: Any, rank: int, world: int) -> None:
+    _STATE.exits += 1
+    prefix = f"deepspeed/exit/{_STATE.exits}"
+    try:
+        if rank != 0:
+            store.set(f"{prefix}/{rank}", "1")
+        else:
+            store.wait([f"{prefix}/{r}" for r in range(1, world)], timedelta(seconds=EXIT_HANDSHAKE_S))
+    except Exception as err:  # a peer that died or left early must not turn a clean exit into a failure
+        logger.debug("exit handshake on rank %d: %s", rank, err)
 
 
 def get_rank(group: Any = None) -> int:

@@ -110,4 +110,4 @@ def run_main(main: Callable[[], Any]) -> None:
     main()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         dist.barrier()
-        torch.distributed.destroy_process_group()
+        dist.destroy_process_group()  # with the exit handshake (deepspeed.comm)

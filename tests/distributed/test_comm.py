@@ -438,3 +438,19 @@ def test_open_mpi_and_slurm_rank_variables_are_used(names):
     # ranks that only know the scheduler's variables (plus the master address)
     assert run_distributed(_scheduler_env_init, world_size=2, init=False, args=(names,)) == [
         (0, 2, "0"), (1, 2, "1")]
+
+
+def _destroy_with_a_late_peer():
+    """Rank 1 tears down 2 s late; rank 0 (the store's host) must not return before it has."""
+    rank = dist.get_rank()
+    if rank == 1:
+        time.sleep(2.0)
+    dist.destroy_process_group()
+    return rank, time.time(), tdist.is_initialized()
+
+
+def test_destroying_the_world_waits_for_every_rank():
+    (r0, t0, init0), (r1, t1, init1) = run_distributed(_destroy_with_a_late_peer, world_size=2, timeout=60)
+    assert (r0, r1) == (0, 1) and not init0 and not init1
+    # rank 0 returned after rank 1 finished its teardown (clock skew: same host), and not 60 s later
+    assert t1 <= t0 < t1 + 20
