@@ -3,6 +3,7 @@
 Nothing here decides a hyperparameter: the steps pass their parsed flags in.
 """
 import argparse
+import faulthandler
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -107,6 +108,8 @@ def run_main(main: Callable[[], Any]) -> None:
     ("terminate called without an active exception") after all work is done,
     which the launcher would report as a failed rank.
     """
+    # A rank killed by a signal (SIGABRT from C++, SIGSEGV) prints every thread's Python stack first.
+    faulthandler.enable(all_threads=True)
     main()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         dist.barrier()
