@@ -124,4 +124,4 @@ def _run(args, device: torch.device) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main)  # shuts the process group down cleanly
+    run_main(main)  # shuts the process group down, then exits without finalizing

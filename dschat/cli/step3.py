@@ -287,4 +287,4 @@ def _summary(state: Step3State) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run_main(main)  # shuts the process group down cleanly
+    run_main(main)  # shuts the process group down, then exits without finalizing
