@@ -31,11 +31,11 @@ GPU scripts for 1.3B models:
   positive advantages at most tokens; its loss falls from ~12 to ~3 in
   those rounds, after which the actor starts;
 - answers are sampled from the 3 likeliest tokens (`--top_k 3`): with
-  plain sampling most wrong answers contain tokens of probability ~1%,
-  whose negative advantages dominate the gradient (the gradient of log p
-  grows as 1/p); pushing them down also lowered the probability of the
-  *correct* answers sharing the rest of the model (measured on one fixed
-  batch: 10 steps took the correct answers' log-prob from -0.26 to -0.76).
+  plain sampling most wrong answers contain a token of probability ~1%,
+  and pushing those answers down also lowered the probability of the
+  *correct* answers, which share their other tokens and the rest of the
+  model (measured on one fixed batch: 10 steps took the correct answers'
+  log-prob from -0.26 to -0.76 while the wrong ones' fell from -4.1 to -7.9).
   Measured on the same step-1/2 outputs, step 3 alone over seeds
   1234/42/7 (greedy task success change, mean reward change): DS-Chat's
   unwhitened sampling PPO -0.028/-0.043/-0.059 and -0.05/-0.39/-0.62; this
