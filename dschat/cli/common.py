@@ -18,7 +18,9 @@ from deepspeed.accelerator import get_accelerator
 from dschat.ds_utils import get_train_ds_config
 from dschat.lora.lora import (convert_linear_layer_to_lora, make_model_gradient_checkpointing_compatible,
                               only_optimize_lora_parameters)
+from dschat.instrument import write_metrics
 from dschat.lora.param_groups import get_optimizer_grouped_parameters
+from dschat.models.saving import save_hf_format
 from dschat.utils import get_lr_scheduler, get_optimizer, print_rank_0
 
 __all__ = [
@@ -102,6 +104,18 @@ def optimizer_and_scheduler(model: torch.nn.Module, weight_decay: float, lora_lr
     optimizer = get_optimizer(groups, lr=lr, offload=offload)
     scheduler = get_lr_scheduler(scheduler_type, optimizer, warmup, max(total_steps, 1))
     return optimizer, scheduler
+
+
+def save_step_output(model: Any, tokenizer: Any, args: argparse.Namespace, metrics: Dict[str, Any]) -> None:
+    """Write the trained model (HF format) and `metrics.json` to `args.output_dir`, if one is set.
+
+    Every rank calls it: under ZeRO-3 the weights are gathered, rank 0 writes.
+    """
+    if args.output_dir is None:
+        return
+    print_rank_0(f"saving the model to {args.output_dir} ...")
+    save_hf_format(model, tokenizer, args)
+    write_metrics(args.output_dir, metrics)
 
 
 def run_main(main: Callable[[], Any]) -> None:

@@ -23,15 +23,14 @@ import torch
 
 import deepspeed
 from dschat.cli.args import parse_step2_args, resolve_num_padding
-from dschat.cli.common import (run_main, apply_lora, init_distributed, make_loader, optimizer_and_scheduler, set_epoch,
-                               train_ds_config)
+from dschat.cli.common import (apply_lora, init_distributed, make_loader, optimizer_and_scheduler, run_main,
+                               save_step_output, set_epoch, train_ds_config)
 from dschat.data.collators import DataCollatorReward
 from dschat.data.data_utils import create_prompt_dataset
 from dschat.data.tokenizer import load_hf_tokenizer
 from dschat.eval.reward_eval import evaluate_reward_model
-from dschat.instrument import progress, training_log, write_metrics
+from dschat.instrument import progress, training_log
 from dschat.models.model_utils import create_critic_model
-from dschat.models.saving import save_hf_format
 from dschat.utils import get_all_reduce_mean, print_rank_0, set_random_seed, to_device
 
 __all__ = ["main"]
@@ -117,10 +116,7 @@ def _run(args, device: torch.device) -> dict:
         metrics.update(train_loss=mean_loss, **result)
 
     # ------------------------------------------------------------------ save
-    if args.output_dir is not None:
-        print_rank_0(f"saving the model to {args.output_dir} ...")
-        save_hf_format(model, tokenizer, args)  # every rank: gathers under ZeRO-3, rank 0 writes
-        write_metrics(args.output_dir, metrics)
+    save_step_output(model, tokenizer, args, metrics)  # every rank: gathers under ZeRO-3, rank 0 writes
     return metrics
 
 

@@ -341,23 +341,7 @@ def _clean_answer(answer: str) -> str:
 def check_answer(prompt: str, answer: str) -> bool:
     """Whether `answer` correctly answers the synthetic `prompt`.
 
-    The grading rule is in [Note: no shortcuts]
-A reward model trained on these pairs learns whatever separates chosen from
-rejected most cheaply, and PPO then optimises exactly that. So a ``wrong``
-answer must not differ from the right one by a surface feature that is
-easier to learn than the task. Version 1 failed this: a wrong "smallest
-number" was always another list member, hence *larger* than the right one
-(and a wrong maximum smaller, a wrong sort a non-ascending shuffle), so
-"smaller is better" / "ascending is better" ranked every pair right, and a
-PPO actor learned to answer small numbers and ascending lists. Now wrong
-answers fall on both sides of the right one: numbers are near misses
-(+-1..10, either side); a wrong minimum or maximum is another member, or a
-near miss that is not in the list, above or below; a wrong sort is a
-shuffle, an adjacent swap, or an *ascending* list with one number nudged
-to a value outside the list. Wrong words keep the letters (reverse) or the
-word (case). Only correctness separates the pairs.
-
-[Note: answer grading] in this module's docstring.
+    The grading rule is [Note: answer grading] in this module's docstring.
     Raises ValueError when `prompt` is not a synthetic task, so a metric over
     the wrong dataset fails loudly instead of reporting zero.
     """
