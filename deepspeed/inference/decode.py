@@ -6,7 +6,10 @@ append into a preallocated K/V cache, `scaled_dot_product_attention` over a
 view of the cache, the output projection and the MLP. Nothing of full
 sequence length is allocated per step: the cache, the token buffer and the
 key-validity mask are allocated once per call (the cache once per engine,
-unless it must grow) and sliced.
+unless it must grow) and sliced. On CPU, a long enough fp32 call first packs
+the static layers' weights and the LM head for its decode row count, and the
+decode steps' products run on the packed copies ([Note: decode weight
+packing] in kernels.py); the prefill uses the weights as they are.
 
 Semantics follow HF `generate` so greedy output matches it token for token:
 positions are `cumsum(attention_mask) - 1`, each new token's position is the
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 
 from deepspeed.inference.containers.base import LayerView, ModelPolicy
 from deepspeed.inference.graph import GraphedStep
-from deepspeed.inference.kernels import InferenceKernels
+from deepspeed.inference.kernels import InferenceKernels, PackedWeight, linear, packing_pays, packing_possible
 
 __all__ = ["GenerationParams", "KVWorkspace", "StaticLayers", "DecodeLoop", "Segment", "process_logits"]
 
@@ -101,6 +104,10 @@ class StaticLayers:
     def participate(self) -> None:
         """Nothing collective happens per step."""
 
+    def packed(self, rows: int) -> "StaticLayers":
+        """The same layers carrying `PackedWeight`s for `rows`-row products (kernels.py)."""
+        return StaticLayers([v.with_packed(lambda w: PackedWeight(w, rows)) for v in self.views])
+
     @property
     def meta(self) -> Tuple[int, int, torch.dtype]:
         """(kv heads, head dim, dtype) of the cache."""
@@ -142,6 +149,10 @@ class DecodeLoop:
     whole cache under a mask, so on CUDA the step is captured once per call
     in a CUDA graph and replayed (graph.py); on CPU it runs eagerly, which
     is how the tests check it against the variable-shape path.
+
+    `pack` packs static layers' weights and the LM head for the call's
+    decode row count ([Note: decode weight packing] in kernels.py): None
+    decides per call, False never packs, True packs wherever MKL can.
     """
 
     def __init__(self, policy: ModelPolicy, layers, workspace: KVWorkspace,
@@ -149,9 +160,13 @@ class DecodeLoop:
                  sync_tokens: Optional[Callable[[torch.Tensor], None]] = None,
                  any_running: Optional[Callable[[bool], bool]] = None,
                  kernels: Optional[InferenceKernels] = None, cache_tokens: int = 0,
-                 fixed_shape_steps: bool = False) -> None:
+                 fixed_shape_steps: bool = False, pack: Optional[bool] = None) -> None:
         self.policy = policy
         self.layers = layers
+        self.pack = pack
+        #: this call's layers (packed, or the originals) and packed LM head
+        self._call_layers = layers
+        self._head: Optional[PackedWeight] = None
         self.ws = workspace
         self.reduce = reduce
         self.sync_tokens = sync_tokens
@@ -170,7 +185,7 @@ class DecodeLoop:
         an int, or a (1,) device tensor for a fixed-shape step, which then attends over the
         first `mask.shape[-1]` slots."""
         b, s, _ = h.shape
-        q, k, v = view.split_qkv(F.linear(h, view.qkv_w, view.qkv_b))
+        q, k, v = view.split_qkv(self._linear(view, "qkv", h))
         if view.q_scale is not None:
             q = q * view.q_scale
         if view.rotary_dims:
@@ -190,23 +205,28 @@ class DecodeLoop:
             # Each kv head serves nq/nkv query heads: fold them into the query length.
             out = F.scaled_dot_product_attention(q.reshape(b, nkv, nq // nkv, hd), keys, values, attn_mask=mask,
                                                  scale=view.attn_scale)
-            return F.linear(out.reshape(b, 1, nq * hd), view.out_w, view.out_b)
+            return self._linear(view, "out", out.reshape(b, 1, nq * hd))
         if nq != nkv:
             keys = keys.repeat_interleave(nq // nkv, dim=1)
             values = values.repeat_interleave(nq // nkv, dim=1)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=view.attn_scale)
-        return F.linear(out.transpose(1, 2).reshape(b, s, nq * hd), view.out_w, view.out_b)
+        return self._linear(view, "out", out.transpose(1, 2).reshape(b, s, nq * hd))
+
+    @staticmethod
+    def _linear(view: LayerView, role: str, x: torch.Tensor) -> torch.Tensor:
+        """The view's `role` linear layer (LINEAR_ROLES) applied to x (..., in)."""
+        return linear(x, getattr(view, role + "_w"), getattr(view, role + "_b"), view.packed.get(role))
 
     def _mlp(self, view: LayerView, h: torch.Tensor) -> torch.Tensor:
         if view.gated:
-            gate, up = F.linear(h, view.mlp_in_w, view.mlp_in_b).chunk(2, dim=-1)
+            gate, up = self._linear(view, "mlp_in", h).chunk(2, dim=-1)
             u = view.act(gate) * up
         elif view.act_name and self.kernels.fuses(h, view.mlp_in_b):
             # The bias add and activation run as one kernel over the matmul's output.
             u = self.kernels.bias_act(F.linear(h, view.mlp_in_w), view.mlp_in_b, view.act_name)
         else:
-            u = view.act(F.linear(h, view.mlp_in_w, view.mlp_in_b))
-        return F.linear(u, view.mlp_out_w, view.mlp_out_b)
+            u = view.act(self._linear(view, "mlp_in", h))
+        return self._linear(view, "mlp_out", u)
 
     def _norm(self, spec, x: torch.Tensor) -> torch.Tensor:
         return self.kernels.norm(spec, x)
@@ -236,10 +256,24 @@ class DecodeLoop:
         cos = sin = None
         if self._rot is not None:
             cos, sin = self._rot[0][positions].unsqueeze(1), self._rot[1][positions].unsqueeze(1)
-        for group in self.layers.iterate():
+        for group in self._call_layers.iterate():
             for idx, view in group:
                 x = self._layer(view, idx, x, start, mask, cos, sin)
-        return self.policy.logits(x[:, -1]).float()
+        hidden = self.policy.final_hidden(x[:, -1])
+        weight, bias = self.policy.lm_head()
+        return linear(hidden, weight, bias, self._head).float()
+
+    def _pack(self, rows: int, steps: int, device: torch.device, dtype: torch.dtype) -> None:
+        """Pick this call's layers and LM head (see `pack` in the class docstring)."""
+        if self.pack is None:
+            wanted = packing_pays(device, dtype, rows, steps)
+        else:
+            wanted = self.pack and packing_possible(device, dtype)
+        if wanted and isinstance(self.layers, StaticLayers):
+            self._call_layers = self.layers.packed(rows)
+            self._head = PackedWeight(self.policy.lm_head()[0], rows)
+        else:
+            self._call_layers, self._head = self.layers, None
 
     # ------------------------------------------------------------- the loop
     def _choose(self, logits: torch.Tensor, params: GenerationParams, segments: List[Segment]) -> torch.Tensor:
@@ -266,6 +300,15 @@ class DecodeLoop:
         `live_rows` (B,) bool marks real rows; padding rows added by TP batch
         concatenation count as finished from the start.
         """
+        try:
+            return self._generate(input_ids, attention_mask, params, segments, live_rows)
+        finally:
+            # The packed weights and the rotary table live for one call.
+            self._rot, self._call_layers, self._head = None, self.layers, None
+
+    def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: GenerationParams,
+                  segments: Optional[List[Segment]],
+                  live_rows: Optional[torch.Tensor]) -> Tuple[torch.Tensor, List[Segment]]:
         b, p = input_ids.shape
         device = input_ids.device
         if segments is None:
@@ -276,6 +319,7 @@ class DecodeLoop:
         self.ws.reserve(len(self.layers), b, n_kv_heads, max(total, self.cache_tokens), head_dim, dtype, device)
         rot = self.policy.rotary_table(total, device, dtype)
         self._rot = rot
+        self._pack(b, total - p, device, dtype)
         self._generators = {}
         if params.do_sample:
             for s in segments:
@@ -308,7 +352,7 @@ class DecodeLoop:
                 break
             if not running:
                 # Other ranks still decode and gather collectively: take part without computing.
-                self.layers.participate()
+                self._call_layers.participate()
                 continue
             new = self._choose(logits, params, segments)
             new = torch.where(unfinished, new, torch.full_like(new, params.pad_token_id))
@@ -323,7 +367,7 @@ class DecodeLoop:
             if all(s.done for s in segments):
                 if self.any_running is None:
                     break
-                self.layers.participate()  # this iteration's collective step, without the compute
+                self._call_layers.participate()  # this iteration's collective step, without the compute
                 continue
             end = p + step
             if fixed is not None:
@@ -333,5 +377,4 @@ class DecodeLoop:
             next_pos = next_pos + 1
         if fixed is not None:
             fixed.release()
-        self._rot = None
         return tokens[:, :p + step], segments

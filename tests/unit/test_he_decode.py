@@ -6,7 +6,10 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaFo
 from deepspeed.inference.containers import find_policy
 from deepspeed.inference.decode import DecodeLoop, GenerationParams, KVWorkspace, StaticLayers, process_logits
 from deepspeed.inference.generate_args import resolve_generation
-from deepspeed.inference.kernels import bias_act_ref, rms_norm_ref, rotary_ref
+from deepspeed.inference.kernels import (PackedWeight, bias_act_ref, mkl_packing_available, packing_pays, rms_norm_ref,
+                                         rotary_ref)
+
+needs_mkl = pytest.mark.skipif(not mkl_packing_available(), reason="this torch build has no MKL packed GEMM")
 
 
 def tiny(family: str, seed: int = 0):
@@ -47,17 +50,21 @@ def left_padded(pad: int, lengths=(6, 2, 4), seed: int = 0):
     return ids, mask
 
 
-def loop_for(model, workspace=None, fixed_shape_steps=False):
+def loop_for(model, workspace=None, fixed_shape_steps=False, pack=None):
     policy = find_policy(model)
     return DecodeLoop(policy, StaticLayers([policy.layer_view(l) for l in policy.layers]), workspace or KVWorkspace(),
-                      fixed_shape_steps=fixed_shape_steps)
+                      fixed_shape_steps=fixed_shape_steps, pack=pack)
 
 
 # fixed_shape_steps: the CUDA-graph step (index_copy_ into the cache, attention over all the call's
 # slots under a mask) runs eagerly on CPU, so it is checked here against HF exactly like the default path.
+# pack: the decode steps' products run on MKL-packed weights (kernels.py), the prefill on the originals.
+@pytest.mark.parametrize("pack", [False, True], ids=["unpacked", "packed"])
 @pytest.mark.parametrize("fixed_shape_steps", [False, True], ids=["dynamic", "fixed"])
 @pytest.mark.parametrize("family", ["opt", "opt_post_ln", "llama", "neox"])
-def test_greedy_matches_hf_generate(family, fixed_shape_steps):
+def test_greedy_matches_hf_generate(family, fixed_shape_steps, pack):
+    if pack and not mkl_packing_available():
+        pytest.skip("this torch build has no MKL packed GEMM")
     model = tiny(family)
     pad = model.config.pad_token_id
     ids, mask = left_padded(pad)
@@ -65,8 +72,50 @@ def test_greedy_matches_hf_generate(family, fixed_shape_steps):
         ref = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=pad)
         params, why = resolve_generation(model, ids.shape[1], {"max_new_tokens": 10, "pad_token_id": pad})
         assert why is None
-        out, _ = loop_for(model, fixed_shape_steps=fixed_shape_steps).generate(ids, mask, params)
+        loop = loop_for(model, fixed_shape_steps=fixed_shape_steps, pack=pack)
+        out, _ = loop.generate(ids, mask, params)
     assert torch.equal(out, ref)
+    # the packed copies live for one call
+    assert loop._call_layers is loop.layers and loop._head is None
+
+
+@needs_mkl
+@pytest.mark.parametrize("shape", [(3, 32, 96), (8, 512, 1536), (5, 48, 7), (1, 16, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_weight_matches_f_linear(shape, bias):
+    rows, k, n = shape
+    g = torch.Generator().manual_seed(rows * n)
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    packed = PackedWeight(w, rows)
+    for x in (torch.randn(rows, k, generator=g), torch.randn(rows, 1, k, generator=g),  # the packed row count
+              torch.randn(rows + 2, k, generator=g), torch.randn(2, rows, k, generator=g)):  # others: F.linear
+        y = packed.linear(x, b)
+        assert y.shape == x.shape[:-1] + (n,)
+        # The same fp32 products summed in another order: within a few roundings of sum |x_i w_i|.
+        bound = 4 * torch.finfo(torch.float32).eps * torch.nn.functional.linear(x.abs(), w.abs(),
+                                                                                 b.abs() if bias else None)
+        assert bool(((y - torch.nn.functional.linear(x, w, b)).abs() <= bound).all())
+
+
+def test_packing_pays_only_for_long_small_batch_fp32_cpu_calls():
+    cpu = torch.device("cpu")
+    if mkl_packing_available():
+        assert packing_pays(cpu, torch.float32, rows=8, steps=64)
+    assert not packing_pays(cpu, torch.float32, rows=8, steps=4)  # the packing would not pay back
+    assert not packing_pays(cpu, torch.float32, rows=512, steps=64)  # MKL's own packing is amortised there
+    assert not packing_pays(cpu, torch.bfloat16, rows=8, steps=64)
+    assert not packing_pays(torch.device("meta"), torch.float32, rows=8, steps=64)
+
+
+@needs_mkl
+def test_packed_copies_are_dropped_when_a_call_fails():
+    model = tiny("opt")
+    loop = loop_for(model, pack=True)
+    ids, mask = left_padded(1)
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        loop.generate(ids, mask[:, :-1], GenerationParams(20, (), 1))  # the mask does not fit the ids
+    assert loop._call_layers is loop.layers and loop._head is None
 
 
 def test_fixed_shape_steps_ignore_stale_cache_slots():

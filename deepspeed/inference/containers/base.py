@@ -22,13 +22,13 @@ policy file and listing it in `containers/__init__.py`.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NormSpec", "LayerView", "ModelPolicy", "linear_params", "activation_fn", "rotary_table_from",
+__all__ = ["NormSpec", "LayerView", "LINEAR_ROLES", "ModelPolicy", "linear_params", "activation_fn", "rotary_table_from",
            "KERNEL_ACTIVATIONS"]
 
 
@@ -82,6 +82,10 @@ class NormSpec:
         return self.weight * h.to(dtype)
 
 
+#: the view's linear layers: `<role>_w` and `<role>_b` are each one's weight and bias
+LINEAR_ROLES = ("qkv", "out", "mlp_in", "mlp_out")
+
+
 @dataclass
 class LayerView:
     """Everything the decode loop needs from one layer (see the note at the top).
@@ -119,6 +123,13 @@ class LayerView:
     act_name: str = ""
     #: tensors this view owns (copies), for accounting
     owned: List[torch.Tensor] = field(default_factory=list)
+    #: role -> packed copy of that weight for one call's decode steps (kernels.PackedWeight)
+    packed: Dict[str, Any] = field(default_factory=dict)
+
+    def with_packed(self, pack: Callable[[torch.Tensor], Any]) -> "LayerView":
+        """A copy of the view that also carries `pack(weight)` for each of its four matrices, by role
+        ("qkv", "out", "mlp_in", "mlp_out"); see [Note: decode weight packing] in kernels.py."""
+        return replace(self, packed={role: pack(getattr(self, role + "_w")) for role in LINEAR_ROLES})
 
     def split_qkv(self, qkv: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """qkv (B, S, D) -> q (B, nq, S, hd), k and v (B, nkv, S, hd)."""
@@ -190,8 +201,16 @@ class ModelPolicy(abc.ABC):
         """input_ids, positions (B, S) -> hidden states (B, S, H)."""
 
     @abc.abstractmethod
+    def final_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the LM head reads: hidden (B, H) after the final norm (and output projection, if any)."""
+
+    @abc.abstractmethod
+    def lm_head(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(weight (V, H'), bias (V,) or None) of the LM head."""
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head. hidden (B, H) -> logits (B, V)."""
+        return F.linear(self.final_hidden(hidden), *self.lm_head())
 
     def rotary_table(self, length: int, device: torch.device,
                      dtype: torch.dtype) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

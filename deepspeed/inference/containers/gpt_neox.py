@@ -55,9 +55,12 @@ class GPTNeoXPolicy(ModelPolicy):
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, self.base.embed_in.weight)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def final_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _norm(self.base.final_layer_norm)(hidden)
+
+    def lm_head(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         head = self.model.get_output_embeddings()
-        return F.linear(_norm(self.base.final_layer_norm)(hidden), head.weight, head.bias)
+        return head.weight, head.bias
 
     def rotary_table(self, length: int, device: torch.device,
                      dtype: torch.dtype) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

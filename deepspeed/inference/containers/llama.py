@@ -71,9 +71,12 @@ class LlamaPolicy(ModelPolicy):
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return F.embedding(input_ids, self.base.embed_tokens.weight)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def final_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _rms(self.base.norm)(hidden)
+
+    def lm_head(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         lm = self.model.lm_head
-        return F.linear(_rms(self.base.norm)(hidden), lm.weight, lm.bias)
+        return lm.weight, lm.bias
 
     def rotary_table(self, length: int, device: torch.device,
                      dtype: torch.dtype) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:

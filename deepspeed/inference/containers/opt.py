@@ -1,7 +1,7 @@
 """OPT (OPTForCausalLM): learned positions with offset 2, q scaled after projection, pre- or post-LN."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +66,15 @@ class OPTPolicy(ModelPolicy):
             h = F.linear(h, d.project_in.weight)
         return h + F.embedding(positions + _POSITION_OFFSET, d.embed_positions.weight)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def final_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         d = self.decoder
         if d.final_layer_norm is not None:
             hidden = F.layer_norm(hidden, (hidden.shape[-1],), d.final_layer_norm.weight, d.final_layer_norm.bias,
                                   d.final_layer_norm.eps)
         if d.project_out is not None:
             hidden = F.linear(hidden, d.project_out.weight)
+        return hidden
+
+    def lm_head(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         lm = self.model.lm_head
-        return F.linear(hidden, lm.weight, lm.bias)
+        return lm.weight, lm.bias
