@@ -100,6 +100,21 @@ def test_stage3_matches_single_process(kind, extra, gas, clip):
     assert len(set(ref)) == len(ref)  # the weights really move every step
 
 
+def _with_solo_gathers(fn, *args):
+    """Run `fn` with nearly every shard all-gathered by itself ([Note: solo gathers]); biases and norms
+    stay below the threshold, so every gather mixes solo and coalesced collectives."""
+    from deepspeed.runtime.zero import collectives
+    collectives.SOLO_GATHER_NUMEL = 64
+    return fn(*args)
+
+
+@pytest.mark.parametrize("kind,extra,gas,clip", [GRID[0], GRID[4], GRID[6]])
+def test_stage3_with_solo_gathers_matches_single_process(kind, extra, gas, clip):
+    ref = _reference(kind, gas, clip)
+    for losses in run_distributed(_with_solo_gathers, world_size=2, args=(_train, kind, _zero3(**extra), gas, clip)):
+        assert losses == pytest.approx(ref, rel=1e-5)
+
+
 def _invariants():
     import deepspeed
     from deepspeed import comm as dist
@@ -134,6 +149,7 @@ def _invariants():
 
 def test_partition_invariants_and_gathered_parameters():
     assert run_distributed(_invariants, world_size=2) == [(True, True), (True, True)]
+    assert run_distributed(_with_solo_gathers, world_size=2, args=(_invariants,)) == [(True, True), (True, True)]
 
 
 def _switching(stage: int, cycles: int):
