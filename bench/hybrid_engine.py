@@ -17,7 +17,9 @@ engine and family:
 tokens/s is per rank (batch 8 x new tokens / wall time of one call, median
 of `--repeats` calls), so (a) and (b) compare with (c) like for like;
 `tokens_per_s_all_ranks` adds both ranks. Targets: (a) >= 10x (b) and
-(a) >= 1.5x (c).
+(a) >= 1.5x (c). The HE lines also give the engine's own split of a call
+(median `gather_s`: the ZeRO-3 gather of the layers, and `generate_s`: the
+decode loop), from its latency records.
 """
 import argparse
 import json
@@ -100,7 +102,12 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
                                                  pad_token_id=pad, synced_gpus=True)
                 assert out.shape[1] == PROMPT + new, out.shape
             seconds = time_calls(call, repeats)
-            queue.put({"family": family, "engine": name, "rank": rank, "seconds": seconds, "new_tokens": new})
+            row = {"family": family, "engine": name, "rank": rank, "seconds": seconds, "new_tokens": new}
+            if hybrid:  # the engine's own split of a call (its latency line), medians of the timed calls
+                stats = list(engine.he_stats)[-repeats:]
+                row["gather_s"] = statistics.median(r["gather_latency_s"] for r in stats)
+                row["generate_s"] = statistics.median(r["generate_time_s"] for r in stats)
+            queue.put(row)
             del engine
 
 
@@ -137,16 +144,18 @@ def main() -> None:
     for family in args.families.split(","):
         hf_s = hf_reference(family, args)
         hf_tps = BATCH * args.new_tokens / hf_s
-        by_engine = {}
+        by_engine, split = {}, {}
         for name in ("he_zero3", "he_zero3_tp2", "zero3_module_generate"):
             mine = [r for r in rows if r["family"] == family and r["engine"] == name]
-            slowest = max(r["seconds"] for r in mine)  # ranks finish together; the slowest is the wall time
-            by_engine[name] = BATCH * mine[0]["new_tokens"] / slowest
+            slowest = max(mine, key=lambda r: r["seconds"])  # ranks finish together; the slowest is the wall time
+            by_engine[name] = BATCH * mine[0]["new_tokens"] / slowest["seconds"]
+            split[name] = {k: round(slowest[k], 3) for k in ("gather_s", "generate_s") if k in slowest}
         base = by_engine["zero3_module_generate"]
         for name, tps in by_engine.items():
             line = {"bench": "hybrid_engine", "family": family, "engine": name, "tokens_per_s": round(tps, 1),
                     "tokens_per_s_all_ranks": round(tps * args.world, 1), "threads_per_rank": args.threads,
-                    "vs_zero3_module_generate": round(tps / base, 2), "vs_hf_generate": round(tps / hf_tps, 2)}
+                    "vs_zero3_module_generate": round(tps / base, 2), "vs_hf_generate": round(tps / hf_tps, 2),
+                    **split[name]}
             if name.startswith("he_"):
                 line.update(target_vs_zero3_module_generate=10.0, target_vs_hf_generate=1.5)
             print(json.dumps(line), flush=True)
