@@ -79,14 +79,14 @@ def bias_act_ref(x: torch.Tensor, bias: Optional[torch.Tensor], activation: str)
 # Xeon. MKL can instead pack a weight once for a fixed M (cblas_sgemm_pack,
 # exposed by torch as mkl::_mkl_reorder_linear_weight / _mkl_linear, the ops
 # torch's own inductor freezing uses) and then streams it at ~9.5 GB/s: 1.5x.
-# Packing costs ~1.7 ms per MB, about 12 decode steps of savings, so the
-# static decode path packs each weight once per generate call, for the
-# call's decode row count, only when enough steps follow (`packing_pays`).
+# Packing costs ~0.3 ms per MB, what 4-5 decode steps save, so the static
+# decode path packs each weight once per generate call, for the call's
+# decode row count, only when enough steps follow (`packing_pays`).
 # The original weight stays the one F.linear uses for every other row count
 # (the prefill). On CUDA, and on CPU builds without MKL, nothing is packed.
 
 #: pack only when at least this many decode steps follow, over at most this many rows
-_PACK_MIN_STEPS, _PACK_MAX_ROWS = 16, 64
+_PACK_MIN_STEPS, _PACK_MAX_ROWS = 8, 64
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ except ImportError:  # requirements-dev.txt installs it; without it the peft cas
     peft = None
 
 VOCAB = 96
-NEW_TOKENS = 16  # long enough that CPU decode steps run on packed weights (kernels.packing_pays)
+NEW_TOKENS = 8  # long enough that CPU decode steps run on packed weights (kernels.packing_pays)
 
 
 def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
