@@ -35,7 +35,7 @@ __all__ = [
     "all_gather_into_tensor", "allgather_fn", "all_gather_coalesced", "reduce_scatter", "reduce_scatter_tensor",
     "reduce_scatter_fn", "all_to_all_single", "all_to_all", "send", "recv", "isend", "irecv", "gather", "scatter",
     "barrier", "monitored_barrier", "reduce", "all_reduce", "all_reduce_coalesced", "inference_all_reduce",
-    "has_all_gather_into_tensor", "has_reduce_scatter_tensor", "log_summary"
+    "has_all_gather_into_tensor", "has_reduce_scatter_tensor", "log_summary", "get_collective_timeout"
 ]
 
 logger = logging.getLogger(__name__)
@@ -346,6 +346,11 @@ def get_rank(group: Any = None) -> int:
 
 def get_world_size(group: Any = None) -> int:
     return dist.get_world_size(group=group)
+
+
+def get_collective_timeout() -> Optional[timedelta]:
+    """The timeout `init_distributed` gave the process group (None if someone else initialised it)."""
+    return _STATE.timeout
 
 
 def get_local_rank() -> int:

@@ -23,6 +23,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from deepspeed import comm as dist
+from deepspeed.comm.shm import ShmAllReduce
 from deepspeed.inference.containers.base import LayerView, NormSpec
 from deepspeed.inference.decode import Segment
 
@@ -84,13 +85,19 @@ def shard_view(view: LayerView, rank: int, world: int, group) -> LayerView:
 
 
 class TPBatch:
-    """Concatenate the TP group's prompts, and take this rank's rows back out (see the note at the top)."""
+    """Concatenate the TP group's prompts, and take this rank's rows back out (see the note at the top).
+
+    The per-step all-reduces and token broadcasts go through shared memory
+    when the group's ranks share a host ([Note: shared-memory all-reduce] in
+    deepspeed/comm/shm.py), else through the process group.
+    """
 
     def __init__(self, group, ranks: List[int]) -> None:
         self.group = group
         self.ranks = ranks
         self.world = len(ranks)
         self.rank = dist.get_rank(group=group)
+        self.shm = ShmAllReduce.create(group, ranks, timeout=dist.get_collective_timeout())
 
     def combine(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                 pad_token_id: int) -> Tuple[torch.Tensor, torch.Tensor, List[Segment], torch.Tensor]:
@@ -128,7 +135,17 @@ class TPBatch:
         return tokens[start:start + b, self._pmax - p:self._pmax + seg.steps].contiguous()
 
     def broadcast_tokens(self, tokens: torch.Tensor) -> None:
+        """Every rank takes TP rank 0's tokens (B,) int64."""
+        if self.shm is not None and self.shm.fits(tokens):
+            # A sum in which only rank 0 contributes is its value, exactly (integers).
+            if self.rank != 0:
+                tokens.zero_()
+            self.shm.all_reduce(tokens)
+            return
         dist.broadcast(tokens, src=self.ranks[0], group=self.group)
 
     def all_reduce(self, t: torch.Tensor) -> None:
+        if self.shm is not None and self.shm.fits(t):
+            self.shm.all_reduce(t)
+            return
         dist.all_reduce(t, group=self.group)

@@ -1,0 +1,148 @@
+"""A shared-memory all-reduce for small CPU tensors among the ranks of one process group on one host.
+
+[Note: shared-memory all-reduce]
+Inference tensor parallelism all-reduces a few KB twice per layer per
+decode step. Over gloo each such all-reduce costs ~0.4-0.5 ms on loopback
+(measured on 2 ranks of our 2-core machine, 16 to 8192 floats alike), which
+at 8 layers is ~8 ms per step: more than the step's matmuls. The ranks of a
+TP group normally share a host, so they can exchange the data through one
+shared memory file instead:
+
+* layout: a header with one int64 sequence flag per rank, each on its own
+  64-byte line, then two banks of one `capacity`-byte slot per rank;
+* call n: each rank copies its tensor into its slot of bank n % 2, stores
+  n in its flag, spins until every flag reaches n, then sums the slots in
+  rank order (so every rank gets bit-identical results) into its tensor;
+* reuse is safe with two banks: a rank writes bank n % 2 again only in call
+  n + 2, after it saw every flag reach n + 1, and a rank stores n + 1 only
+  after it finished reading call n's slots.
+
+The data-then-flag protocol relies on x86-64's total store order (and the
+plain stores torch's copy and numpy's assignment use for these sizes), so
+other architectures, tensors over `capacity`, non-CPU tensors and groups
+that span hosts use the process group's own all-reduce. A wait that runs
+past the timeout raises CollectiveTimeoutError naming the rank, the op and
+the ranks that did not arrive; it never spins forever. The file is
+unlinked as soon as every rank has mapped it, so nothing is left in
+/dev/shm, even if a rank dies.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import socket
+import time
+import uuid
+from datetime import timedelta
+from typing import Any, List, Optional
+
+import numpy as np
+import torch
+
+from deepspeed.comm import comm as dist
+from deepspeed.comm.comm import CollectiveTimeoutError
+
+__all__ = ["ShmAllReduce", "SHM_DIR"]
+
+#: where the shared file is created (a tmpfs on Linux)
+SHM_DIR = "/dev/shm"
+_LINE = 64
+
+
+class ShmAllReduce:
+    """Sum-all-reduce of CPU tensors of at most `capacity` bytes through shared memory (see the note above).
+
+    Build it with `create`, collectively over the group; it returns None
+    where shared memory cannot be used, and callers then keep the process
+    group's all-reduce.
+    """
+
+    def __init__(self, path: str, rank: int, world: int, global_rank: int, capacity: int,
+                 timeout: Optional[timedelta]) -> None:
+        self.rank, self.world, self.global_rank, self.capacity = rank, world, global_rank, capacity
+        self.timeout_s = timeout.total_seconds() if timeout is not None else None
+        header = world * _LINE
+        size = header + 2 * world * capacity
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._flags = np.frombuffer(self._map, dtype=np.int64, count=world * (_LINE // 8))[::_LINE // 8]
+        data = torch.frombuffer(self._map, dtype=torch.uint8, offset=header, count=2 * world * capacity)
+        self._slots = data.view(2, world, capacity)
+        self._seq = 0
+
+    @classmethod
+    def create(cls, group: Any, ranks: List[int], capacity: int = 4 << 20,
+               timeout: Optional[timedelta] = None) -> Optional["ShmAllReduce"]:
+        """Collective over `group` (global `ranks`): the shared all-reduce, or None where it cannot be used."""
+        world = len(ranks)
+        if world < 2:
+            return None
+        usable = platform.machine().lower() in ("x86_64", "amd64") and os.path.isdir(SHM_DIR)
+        hosts: List[Any] = [None] * world
+        dist.all_gather_object(hosts, (socket.gethostname(), usable), group=group)
+        if len({h for h, _ in hosts}) != 1 or not all(ok for _, ok in hosts):
+            return None
+        rank = dist.get_rank(group=group)
+        header = world * _LINE
+        path = [None]
+        if rank == 0:
+            path[0] = os.path.join(SHM_DIR, f"deepspeed_shm_{uuid.uuid4().hex}")
+            fd = os.open(path[0], os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            try:
+                os.ftruncate(fd, header + 2 * world * capacity)
+            finally:
+                os.close(fd)
+        dist.broadcast_object_list(path, src=ranks[0], group=group)
+        try:
+            shm = cls(path[0], rank, world, ranks[rank], capacity, timeout)
+            dist.barrier(group=group)
+        finally:
+            if rank == 0:
+                os.unlink(path[0])
+        return shm
+
+    def fits(self, t: torch.Tensor) -> bool:
+        """Whether `t` goes through shared memory (a contiguous CPU tensor of at most `capacity` bytes)."""
+        return t.device.type == "cpu" and t.is_contiguous() and t.numel() * t.element_size() <= self.capacity
+
+    def all_reduce(self, t: torch.Tensor) -> None:
+        """Sum `t` over the group, in place; every rank must call it with a tensor of the same shape and dtype."""
+        if not self.fits(t):
+            raise ValueError(f"ShmAllReduce: a {tuple(t.shape)} {t.dtype} tensor on {t.device} does not fit "
+                             f"(contiguous CPU tensors of at most {self.capacity} bytes); use dist.all_reduce")
+        n = self._seq + 1
+        nbytes = t.numel() * t.element_size()
+        bank = self._slots[n % 2]
+        bank[self.rank, :nbytes].copy_(t.view(-1).view(torch.uint8))
+        self._flags[self.rank] = n
+        self._wait(n)
+        parts = [bank[r, :nbytes].view(t.dtype).view(t.shape) for r in range(self.world)]
+        t.copy_(parts[0])
+        for part in parts[1:]:
+            t.add_(part)
+        self._seq = n
+
+    def _wait(self, n: int) -> None:
+        flags = self._flags
+        spins = 0
+        start = time.monotonic()
+        while not bool((flags >= n).all()):
+            spins += 1
+            if spins > 64:
+                time.sleep(0)  # yield the core when ranks outnumber them
+            if spins % 1024 == 0 and self.timeout_s is not None and time.monotonic() - start > self.timeout_s:
+                missing = [r for r in range(self.world) if flags[r] < n]
+                raise CollectiveTimeoutError(
+                    "shm all_reduce", self.global_rank, self.world, timedelta(seconds=self.timeout_s),
+                    f"group ranks {missing} did not reach call {n} (each is at its own last call count "
+                    f"{[int(flags[r]) for r in missing]})")
+
+    def close(self) -> None:
+        """Unmap the shared memory (further calls fail)."""
+        self._slots = None
+        self._flags = None
+        self._map.close()
