@@ -43,7 +43,7 @@ def tp_layout(world_size: int, tp_size: int) -> List[List[int]]:
 def _rows(t: Optional[torch.Tensor], parts: List[Tuple[int, int]]) -> Optional[torch.Tensor]:
     if t is None:
         return None
-    return torch.cat([t[a:b] for a, b in parts]).clone()
+    return torch.cat([t[a:b] for a, b in parts])  # cat always allocates: the result is already a copy
 
 
 def _copy_norm(n: NormSpec) -> NormSpec:
@@ -92,12 +92,13 @@ class TPBatch:
     deepspeed/comm/shm.py), else through the process group.
     """
 
-    def __init__(self, group, ranks: List[int]) -> None:
+    def __init__(self, group, ranks: List[int], shared_memory: bool = True) -> None:
         self.group = group
         self.ranks = ranks
         self.world = len(ranks)
         self.rank = dist.get_rank(group=group)
-        self.shm = ShmAllReduce.create(group, ranks, timeout=dist.get_collective_timeout())
+        #: the shared-memory all-reduce (CPU tensors), or None: `shared_memory=False` (GPU ranks), other hosts
+        self.shm = ShmAllReduce.create(group, ranks, timeout=dist.get_collective_timeout()) if shared_memory else None
 
     def combine(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                 pad_token_id: int) -> Tuple[torch.Tensor, torch.Tensor, List[Segment], torch.Tensor]:

@@ -104,7 +104,8 @@ class DeepSpeedHybridEngine(DeepSpeedEngine):
         self._tp: Optional[TPBatch] = None
         if self._he.inference_tp_size > 1:
             group = groups.create_group(TP_GROUP_NAME, tp_layout(self.world_size, self._he.inference_tp_size))
-            self._tp = TPBatch(group, groups.get_group_ranks(TP_GROUP_NAME))
+            # CPU ranks exchange the per-step partial sums through shared memory (deepspeed/comm/shm.py).
+            self._tp = TPBatch(group, groups.get_group_ranks(TP_GROUP_NAME), shared_memory=self.device.type == "cpu")
         #: container policy of the model, or None (then HF's generate is used)
         self.policy = find_policy(self.module)
         self.lora_adapters = collect_lora_adapters([self.module])
