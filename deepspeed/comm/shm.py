@@ -6,7 +6,7 @@ decode step. Over gloo each such all-reduce costs ~0.4-0.5 ms on loopback
 (measured on 2 ranks of our 2-core machine, 16 to 8192 floats alike), which
 at 8 layers is ~8 ms per step: more than the step's matmuls. The ranks of a
 TP group normally share a host, so they can exchange the data through one
-shared memory file instead:
+shared memory file instead (measured: 26 us for 16 floats, 30 us for 8192):
 
 * layout: a header with one int64 sequence flag per rank, each on its own
   64-byte line, then two banks of one `capacity`-byte slot per rank;
