@@ -271,7 +271,8 @@ class DecodeLoop:
             wanted = self.pack and packing_possible(device, dtype)
         if wanted and isinstance(self.layers, StaticLayers):
             self._call_layers = self.layers.packed(rows)
-            self._head = PackedWeight(self.policy.lm_head()[0], rows)
+            head = self.policy.lm_head()[0]
+            self._head = PackedWeight(head, rows) if packing_possible(head.device, head.dtype) else None
         else:
             self._call_layers, self._head = self.layers, None
 
