@@ -20,7 +20,10 @@ One generate call:
    * `pin_parameters: false` (ZeRO-3, TP 1): every decode step gathers
      `tp_gather_partition_size` layers at a time, and data-parallel ranks
      are kept in lock-step so the collective gathers always match,
-4. run the KV-cache decode loop (deepspeed/inference/decode.py),
+4. run the KV-cache decode loop (deepspeed/inference/decode.py); on CPU
+   its decode steps run on MKL-packed copies of the static layers' weights
+   (kernels.py), and TP ranks on one host sum their partial outputs through
+   shared memory (deepspeed/comm/shm.py),
 5. optionally free the KV cache (`release_inference_cache`).
 Calls the decode path cannot run exactly (beam search, unknown families,
 repetition penalties, ...) go to HF's own generate, with the parameters
