@@ -140,9 +140,3 @@ class ShmAllReduce:
                     "shm all_reduce", self.global_rank, self.world, timedelta(seconds=self.timeout_s),
                     f"group ranks {missing} did not reach call {n} (each is at its own last call count "
                     f"{[int(flags[r]) for r in missing]})")
-
-    def close(self) -> None:
-        """Unmap the shared memory (further calls fail)."""
-        self._slots = None
-        self._flags = None
-        self._map.close()

@@ -259,9 +259,7 @@ class DecodeLoop:
         for group in self._call_layers.iterate():
             for idx, view in group:
                 x = self._layer(view, idx, x, start, mask, cos, sin)
-        hidden = self.policy.final_hidden(x[:, -1])
-        weight, bias = self.policy.lm_head()
-        return linear(hidden, weight, bias, self._head).float()
+        return self.policy.logits(x[:, -1], self._head).float()
 
     def _pack(self, rows: int, steps: int, device: torch.device, dtype: torch.dtype) -> None:
         """Pick this call's layers and LM head (see `pack` in the class docstring)."""
