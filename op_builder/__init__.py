@@ -11,6 +11,7 @@ from .build_lock import OpBuildError
 from .builder import CPUOpBuilder, CUDAOpBuilder, OpBuilder
 from .cpu_adagrad import CPUAdagradBuilder
 from .cpu_adam import CPUAdamBuilder
+from .cpu_inference import CPUInferenceBuilder
 from .cpu_lion import CPULionBuilder
 from .cpu_quantizer import CPUQuantizerBuilder
 from .fused_adam import FusedAdamBuilder
@@ -21,12 +22,12 @@ from .transformer_inference import InferenceBuilder
 __all__ = [
     "ALL_OPS", "OpBuilder", "CPUOpBuilder", "CUDAOpBuilder", "OpBuildError", "CPUAdamBuilder", "CPUAdagradBuilder",
     "CPULionBuilder", "FusedAdamBuilder", "QuantizerBuilder", "CPUQuantizerBuilder", "NoopBuilder",
-    "InferenceBuilder"
+    "InferenceBuilder", "CPUInferenceBuilder"
 ]
 
 #: Map of op name -> builder class, for every op the package ships.
 ALL_OPS: Dict[str, Type[OpBuilder]] = {
     cls.NAME: cls
     for cls in (CPUAdamBuilder, CPUAdagradBuilder, CPULionBuilder, FusedAdamBuilder, QuantizerBuilder,
-                CPUQuantizerBuilder, InferenceBuilder)
+                CPUQuantizerBuilder, InferenceBuilder, CPUInferenceBuilder)
 }

@@ -135,6 +135,8 @@ struct VecScalar {
     friend inline VecScalar operator*(VecScalar a, VecScalar b) { return {a.v * b.v}; }
     friend inline VecScalar operator/(VecScalar a, VecScalar b) { return {a.v / b.v}; }
     friend inline VecScalar sqrt(VecScalar a) { return {std::sqrt(a.v)}; }
+    friend inline VecScalar fma(VecScalar a, VecScalar b, VecScalar c) { return {std::fma(a.v, b.v, c.v)}; }
+    friend inline float reduce_add(VecScalar a) { return a.v; }
     // +1, -1 or 0 (Lion's update direction).
     friend inline VecScalar sign(VecScalar a)
     {
@@ -184,6 +186,9 @@ struct Vec512 {
     friend inline Vec512 operator*(Vec512 a, Vec512 b) { return {_mm512_mul_ps(a.v, b.v)}; }
     friend inline Vec512 operator/(Vec512 a, Vec512 b) { return {_mm512_div_ps(a.v, b.v)}; }
     friend inline Vec512 sqrt(Vec512 a) { return {_mm512_sqrt_ps(a.v)}; }
+    // a * b + c in one rounding, and the sum of the lanes (the decode linear's dot products).
+    friend inline Vec512 fma(Vec512 a, Vec512 b, Vec512 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+    friend inline float reduce_add(Vec512 a) { return _mm512_reduce_add_ps(a.v); }
     friend inline Vec512 sign(Vec512 a)
     {
         const __m512 zero = _mm512_setzero_ps();
@@ -248,6 +253,13 @@ struct Vec256 {
     friend inline Vec256 operator*(Vec256 a, Vec256 b) { return {_mm256_mul_ps(a.v, b.v)}; }
     friend inline Vec256 operator/(Vec256 a, Vec256 b) { return {_mm256_div_ps(a.v, b.v)}; }
     friend inline Vec256 sqrt(Vec256 a) { return {_mm256_sqrt_ps(a.v)}; }
+    friend inline Vec256 fma(Vec256 a, Vec256 b, Vec256 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+    friend inline float reduce_add(Vec256 a)
+    {
+        const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+        const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+    }
     friend inline Vec256 sign(Vec256 a)
     {
         const __m256 zero = _mm256_setzero_ps();

@@ -6,10 +6,10 @@ append into a preallocated K/V cache, `scaled_dot_product_attention` over a
 view of the cache, the output projection and the MLP. Nothing of full
 sequence length is allocated per step: the cache, the token buffer and the
 key-validity mask are allocated once per call (the cache once per engine,
-unless it must grow) and sliced. On CPU, a long enough fp32 call first packs
-the static layers' weights and the LM head for its decode row count, and the
-decode steps' products run on the packed copies ([Note: decode weight
-packing] in kernels.py); the prefill uses the weights as they are.
+unless it must grow) and sliced. On CPU, the fp32 decode steps' products of
+the static layers and the LM head run through the skinny C++ kernel, or on
+weights MKL-packed for the call's row count ([Note: decode weight packing]
+in kernels.py); the prefill uses F.linear.
 
 Semantics follow HF `generate` so greedy output matches it token for token:
 positions are `cumsum(attention_mask) - 1`, each new token's position is the
@@ -28,7 +28,9 @@ import torch.nn.functional as F
 
 from deepspeed.inference.containers.base import LayerView, ModelPolicy
 from deepspeed.inference.graph import GraphedStep
-from deepspeed.inference.kernels import InferenceKernels, PackedWeight, linear, packing_pays, packing_possible
+from deepspeed.inference.kernels import (DECODE_PRODUCTS, SKINNY_MAX_ROWS, InferenceKernels, PackedWeight,
+                                         SkinnyWeight, decode_products, linear, packing_possible,
+                                         skinny_linear_op)
 
 __all__ = ["GenerationParams", "KVWorkspace", "StaticLayers", "DecodeLoop", "Segment", "process_logits"]
 
@@ -104,9 +106,9 @@ class StaticLayers:
     def participate(self) -> None:
         """Nothing collective happens per step."""
 
-    def packed(self, rows: int) -> "StaticLayers":
-        """The same layers carrying `PackedWeight`s for `rows`-row products (kernels.py)."""
-        return StaticLayers([v.with_packed(lambda w: PackedWeight(w, rows)) for v in self.views])
+    def with_products(self, weight: Callable[[torch.Tensor], object]) -> "StaticLayers":
+        """The same layers carrying `weight(w)` (a kernels.PackedWeight or SkinnyWeight) for each matrix."""
+        return StaticLayers([v.with_packed(weight) for v in self.views])
 
     @property
     def meta(self) -> Tuple[int, int, torch.dtype]:
@@ -150,9 +152,11 @@ class DecodeLoop:
     in a CUDA graph and replayed (graph.py); on CPU it runs eagerly, which
     is how the tests check it against the variable-shape path.
 
-    `pack` packs static layers' weights and the LM head for the call's
-    decode row count ([Note: decode weight packing] in kernels.py): None
-    decides per call, False never packs, True packs wherever MKL can.
+    `products` says how the decode steps' products of static layers and
+    the LM head run ([Note: decode weight packing] in kernels.py): "auto"
+    decides per call (`decode_products`), "skinny" uses the C++ kernel,
+    "packed" MKL-packed copies, "plain" F.linear. A choice the call's
+    device, dtype or row count rules out falls back to "plain".
     """
 
     def __init__(self, policy: ModelPolicy, layers, workspace: KVWorkspace,
@@ -160,13 +164,15 @@ class DecodeLoop:
                  sync_tokens: Optional[Callable[[torch.Tensor], None]] = None,
                  any_running: Optional[Callable[[bool], bool]] = None,
                  kernels: Optional[InferenceKernels] = None, cache_tokens: int = 0,
-                 fixed_shape_steps: bool = False, pack: Optional[bool] = None) -> None:
+                 fixed_shape_steps: bool = False, products: str = "auto") -> None:
+        if products != "auto" and products not in DECODE_PRODUCTS:
+            raise ValueError(f"products={products!r}: expected 'auto' or one of {DECODE_PRODUCTS}")
         self.policy = policy
         self.layers = layers
-        self.pack = pack
-        #: this call's layers (packed, or the originals) and packed LM head
+        self.products = products
+        #: this call's layers (carrying Packed/SkinnyWeights, or the originals) and LM head weight
         self._call_layers = layers
-        self._head: Optional[PackedWeight] = None
+        self._head: Optional[object] = None
         self.ws = workspace
         self.reduce = reduce
         self.sync_tokens = sync_tokens
@@ -261,18 +267,24 @@ class DecodeLoop:
                 x = self._layer(view, idx, x, start, mask, cos, sin)
         return self.policy.logits(x[:, -1], self._head).float()
 
-    def _pack(self, rows: int, steps: int, device: torch.device, dtype: torch.dtype) -> None:
-        """Pick this call's layers and LM head (see `pack` in the class docstring)."""
-        if self.pack is None:
-            wanted = packing_pays(device, dtype, rows, steps)
-        else:
-            wanted = self.pack and packing_possible(device, dtype)
-        if wanted and isinstance(self.layers, StaticLayers):
-            self._call_layers = self.layers.packed(rows)
-            head = self.policy.lm_head()[0]
-            self._head = PackedWeight(head, rows) if packing_possible(head.device, head.dtype) else None
-        else:
+    def _plan_products(self, rows: int, steps: int, device: torch.device, dtype: torch.dtype) -> str:
+        """Pick this call's layers and LM head (see `products` in the class docstring); -> the choice."""
+        choice = decode_products(device, dtype, rows, steps) if self.products == "auto" else self.products
+        op = skinny_linear_op() if choice == "skinny" else None
+        if choice == "skinny" and (op is None or rows > SKINNY_MAX_ROWS or device.type != "cpu"
+                                   or dtype != torch.float32):
+            choice = "plain"
+        if choice == "packed" and not packing_possible(device, dtype):
+            choice = "plain"
+        if choice == "plain" or not isinstance(self.layers, StaticLayers):
             self._call_layers, self._head = self.layers, None
+            return "plain"
+        make = (lambda w: SkinnyWeight(w, rows, op)) if choice == "skinny" else (lambda w: PackedWeight(w, rows))
+        self._call_layers = self.layers.with_products(make)
+        head = self.policy.lm_head()[0]
+        # The head may live elsewhere (a tied embedding kept in another dtype): then it keeps F.linear.
+        self._head = make(head) if (head.device, head.dtype) == (device, dtype) else None
+        return choice
 
     # ------------------------------------------------------------- the loop
     def _choose(self, logits: torch.Tensor, params: GenerationParams, segments: List[Segment]) -> torch.Tensor:
@@ -318,7 +330,7 @@ class DecodeLoop:
         self.ws.reserve(len(self.layers), b, n_kv_heads, max(total, self.cache_tokens), head_dim, dtype, device)
         rot = self.policy.rotary_table(total, device, dtype)
         self._rot = rot
-        self._pack(b, total - p, device, dtype)
+        self._plan_products(b, total - p, device, dtype)
         self._generators = {}
         if params.do_sample:
             for s in segments:

@@ -4,12 +4,14 @@ Each function here is both the CPU implementation and the test oracle of
 the matching kernel in csrc/transformer/inference/ (built by
 `InferenceBuilder`). The references compute exactly what the HF modules
 compute, op for op, so the CPU decode path matches HF's greedy tokens.
-The linear layers of CPU decode steps may run on MKL-packed weights
+The linear layers of CPU decode steps run through the skinny C++ kernel
+(`SkinnyWeight`, the `cpu_inference` op) or on MKL-packed weights
 (`PackedWeight`): the same fp32 products, summed in another order.
 """
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Callable, Optional, Tuple
 
 import torch
@@ -17,7 +19,9 @@ import torch.nn.functional as F
 
 __all__ = ["rms_norm_ref", "layer_norm_ref", "rotate_half", "rotary_ref", "bias_act_ref", "InferenceKernels",
            "ACTIVATIONS", "PackedWeight", "linear", "mkl_packing_available", "packing_possible",
-           "packing_pays"]
+           "packing_pays", "SkinnyWeight", "skinny_linear_op", "DECODE_PRODUCTS", "decode_products"]
+
+logger = logging.getLogger(__name__)
 
 #: activation name -> code shared with the CUDA kernel (csrc/transformer/inference/bias_activation.cu)
 ACTIVATIONS = {"relu": 0, "gelu": 1, "gelu_tanh": 2, "silu": 3}
@@ -76,17 +80,45 @@ def bias_act_ref(x: torch.Tensor, bias: Optional[torch.Tensor], activation: str)
 # on CPU that GEMM is bound by how fast the weights stream from memory. MKL's
 # sgemm repacks B on every call; with M = 8 that repacking costs as much as
 # the product, and plain F.linear streams weights at ~6 GB/s on our 2-core
-# Xeon. MKL can instead pack a weight once for a fixed M (cblas_sgemm_pack,
-# exposed by torch as mkl::_mkl_reorder_linear_weight / _mkl_linear, the ops
-# torch's own inductor freezing uses) and then streams it at ~9.5 GB/s: 1.5x.
-# Packing costs ~0.3 ms per MB, what 4-5 decode steps save, so the static
-# decode path packs each weight once per generate call, for the call's
-# decode row count, only when enough steps follow (`packing_pays`).
-# The original weight stays the one F.linear uses for every other row count
-# (the prefill). On CUDA, and on CPU builds without MKL, nothing is packed.
+# Xeon, of the ~14 GB/s one core reads. Two remedies, picked per generate
+# call by `decode_products`:
+#
+# * "skinny" (M <= 16): our C++ kernel (csrc/cpu/inference/decode_linear.cpp)
+#   reads each weight once, in place, as one prefetched stream, and keeps
+#   the M x 2 dot products of a tile in registers: ~11 GB/s at M = 8 and
+#   ~8.7 at M = 16. It needs no copy and no set-up, so it applies to any call.
+# * "packed" (M <= 64, at least 8 steps, or no C++ op): MKL packs each weight
+#   once for a fixed M (cblas_sgemm_pack, exposed by torch as
+#   mkl::_mkl_reorder_linear_weight / _mkl_linear, the ops torch's own
+#   inductor freezing uses) and then streams it at ~8-9 GB/s. Packing costs
+#   ~0.3 ms per MB, what 4-5 decode steps save, and a copy of the weights.
+#
+# Either way the prefill keeps F.linear (many rows: compute-bound, where
+# MKL's own packing is amortised), and on CUDA nothing changes.
 
 #: pack only when at least this many decode steps follow, over at most this many rows
 _PACK_MIN_STEPS, _PACK_MAX_ROWS = 8, 64
+#: the skinny kernel takes products of at most this many rows (past it, FMAs and not memory bound it)
+SKINNY_MAX_ROWS = 16
+#: the choices of `decode_products`, and what DecodeLoop(products=...) accepts besides "auto"
+DECODE_PRODUCTS = ("skinny", "packed", "plain")
+
+
+@functools.lru_cache(maxsize=1)
+def skinny_linear_op() -> Optional[Any]:
+    """The `cpu_inference` op (built on first use), or None where it cannot be built (logged once)."""
+    try:
+        from deepspeed.ops.op_builder import CPUInferenceBuilder
+        builder = CPUInferenceBuilder()
+        if not builder.is_compatible(verbose=False):
+            logger.warning("decode: the cpu_inference op is unavailable (%s); CPU decode steps use MKL-packed "
+                           "weights or F.linear", builder.error_log)
+            return None
+        return builder.load(verbose=False)
+    except Exception as exc:  # noqa: BLE001  (a failed build must degrade to the torch products)
+        logger.warning("decode: building the cpu_inference op failed (%s); CPU decode steps use MKL-packed "
+                       "weights or F.linear", exc)
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -112,6 +144,13 @@ def packing_pays(device: torch.device, dtype: torch.dtype, rows: int, steps: int
     return rows <= _PACK_MAX_ROWS and steps >= _PACK_MIN_STEPS and packing_possible(device, dtype)
 
 
+def decode_products(device: torch.device, dtype: torch.dtype, rows: int, steps: int) -> str:
+    """How a call's decode-step products run: "skinny", "packed" or "plain" (F.linear); see the note above."""
+    if device.type == "cpu" and dtype == torch.float32 and rows <= SKINNY_MAX_ROWS and skinny_linear_op() is not None:
+        return "skinny"
+    return "packed" if packing_pays(device, dtype, rows, steps) else "plain"
+
+
 class PackedWeight:
     """A (out, in) fp32 CPU weight with MKL's packed copy for products over exactly `rows` rows."""
 
@@ -130,9 +169,30 @@ class PackedWeight:
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
+class SkinnyWeight:
+    """A (out, in) fp32 CPU weight whose `rows`-row products run through the skinny C++ kernel (no copy)."""
+
+    __slots__ = ("weight", "rows", "op")
+
+    def __init__(self, weight: torch.Tensor, rows: int, op: Any) -> None:
+        if rows > SKINNY_MAX_ROWS:
+            raise ValueError(f"the skinny decode kernel takes at most {SKINNY_MAX_ROWS} rows, got {rows}")
+        self.weight = weight.contiguous()
+        self.rows = rows
+        self.op = op
+
+    def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """x (..., in) -> (..., out); the skinny kernel when x has `rows` rows, else F.linear."""
+        if x.numel() // x.shape[-1] != self.rows:
+            return F.linear(x, self.weight, bias)
+        b = bias.contiguous() if bias is not None else None
+        y = self.op.decode_linear(x.reshape(self.rows, x.shape[-1]).contiguous(), self.weight, b)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-           packed: Optional[PackedWeight] = None) -> torch.Tensor:
-    """F.linear, through `packed` when the call has one."""
+           packed: Optional[Any] = None) -> torch.Tensor:
+    """F.linear, through `packed` (a PackedWeight or SkinnyWeight) when the call has one."""
     if packed is not None:
         return packed.linear(x, bias)
     return F.linear(x, weight, bias)

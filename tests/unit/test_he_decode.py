@@ -6,8 +6,9 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaFo
 from deepspeed.inference.containers import find_policy
 from deepspeed.inference.decode import DecodeLoop, GenerationParams, KVWorkspace, StaticLayers, process_logits
 from deepspeed.inference.generate_args import resolve_generation
-from deepspeed.inference.kernels import (PackedWeight, bias_act_ref, mkl_packing_available, packing_pays, rms_norm_ref,
-                                         rotary_ref)
+from deepspeed.inference.kernels import (PackedWeight, SkinnyWeight, bias_act_ref, decode_products,
+                                         mkl_packing_available, packing_pays, rms_norm_ref, rotary_ref,
+                                         skinny_linear_op)
 
 needs_mkl = pytest.mark.skipif(not mkl_packing_available(), reason="this torch build has no MKL packed GEMM")
 
@@ -50,21 +51,24 @@ def left_padded(pad: int, lengths=(6, 2, 4), seed: int = 0):
     return ids, mask
 
 
-def loop_for(model, workspace=None, fixed_shape_steps=False, pack=None):
+def loop_for(model, workspace=None, fixed_shape_steps=False, products="auto"):
     policy = find_policy(model)
     return DecodeLoop(policy, StaticLayers([policy.layer_view(l) for l in policy.layers]), workspace or KVWorkspace(),
-                      fixed_shape_steps=fixed_shape_steps, pack=pack)
+                      fixed_shape_steps=fixed_shape_steps, products=products)
 
 
 # fixed_shape_steps: the CUDA-graph step (index_copy_ into the cache, attention over all the call's
 # slots under a mask) runs eagerly on CPU, so it is checked here against HF exactly like the default path.
-# pack: the decode steps' products run on MKL-packed weights (kernels.py), the prefill on the originals.
-@pytest.mark.parametrize("pack", [False, True], ids=["unpacked", "packed"])
+# products: the decode steps' products run through F.linear, on MKL-packed weights or through the
+# skinny C++ kernel (kernels.py); the prefill always uses F.linear.
+@pytest.mark.parametrize("products", ["plain", "packed", "skinny"])
 @pytest.mark.parametrize("fixed_shape_steps", [False, True], ids=["dynamic", "fixed"])
 @pytest.mark.parametrize("family", ["opt", "opt_post_ln", "llama", "neox"])
-def test_greedy_matches_hf_generate(family, fixed_shape_steps, pack):
-    if pack and not mkl_packing_available():
+def test_greedy_matches_hf_generate(family, fixed_shape_steps, products):
+    if products == "packed" and not mkl_packing_available():
         pytest.skip("this torch build has no MKL packed GEMM")
+    if products == "skinny" and skinny_linear_op() is None:
+        pytest.skip("the cpu_inference op cannot be built here")
     model = tiny(family)
     pad = model.config.pad_token_id
     ids, mask = left_padded(pad)
@@ -72,7 +76,7 @@ def test_greedy_matches_hf_generate(family, fixed_shape_steps, pack):
         ref = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=pad)
         params, why = resolve_generation(model, ids.shape[1], {"max_new_tokens": 10, "pad_token_id": pad})
         assert why is None
-        loop = loop_for(model, fixed_shape_steps=fixed_shape_steps, pack=pack)
+        loop = loop_for(model, fixed_shape_steps=fixed_shape_steps, products=products)
         out, _ = loop.generate(ids, mask, params)
     assert torch.equal(out, ref)
     # the packed copies live for one call
@@ -98,6 +102,23 @@ def test_packed_weight_matches_f_linear(shape, bias):
         assert bool(((y - torch.nn.functional.linear(x, w, b)).abs() <= bound).all())
 
 
+def test_decode_products_prefer_the_skinny_kernel_for_few_rows():
+    cpu = torch.device("cpu")
+    skinny = skinny_linear_op() is not None
+    assert decode_products(cpu, torch.float32, rows=8, steps=2) == ("skinny" if skinny else "plain")
+    assert decode_products(cpu, torch.float32, rows=16, steps=64) == (
+        "skinny" if skinny else "packed" if mkl_packing_available() else "plain")
+    assert decode_products(cpu, torch.float32, rows=32, steps=64) == ("packed" if mkl_packing_available() else "plain")
+    assert decode_products(cpu, torch.float32, rows=512, steps=64) == "plain"
+    assert decode_products(cpu, torch.bfloat16, rows=8, steps=64) == "plain"
+    assert decode_products(torch.device("meta"), torch.float32, rows=8, steps=64) == "plain"
+
+
+def test_a_bad_products_choice_is_named():
+    with pytest.raises(ValueError, match="products='fast'"):
+        loop_for(tiny("opt"), products="fast")
+
+
 def test_packing_pays_only_for_long_small_batch_fp32_cpu_calls():
     cpu = torch.device("cpu")
     if mkl_packing_available():
@@ -111,7 +132,7 @@ def test_packing_pays_only_for_long_small_batch_fp32_cpu_calls():
 @needs_mkl
 def test_packed_copies_are_dropped_when_a_call_fails():
     model = tiny("opt")
-    loop = loop_for(model, pack=True)
+    loop = loop_for(model, products="packed")
     ids, mask = left_padded(1)
     with torch.no_grad(), pytest.raises(RuntimeError):
         loop.generate(ids, mask[:, :-1], GenerationParams(20, (), 1))  # the mask does not fit the ids

@@ -1,0 +1,99 @@
+"""The cpu_inference op's skinny linear (decode steps), scalar and SIMD builds, against F.linear.
+
+Oracle: F.linear on the same fp32 inputs. The kernel sums the same products in
+another order (per-lane partial sums, then a reduction tree), so each output
+must lie within a few roundings of sum_k |x_k w_k| (+ |bias|) of F.linear's:
+4 eps, the bound the MKL-packed products are held to (test_he_decode.py). A
+dropped or doubled term, or a wrong row or column, is off by far more.
+"""
+from typing import Optional
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepspeed.inference.kernels import SKINNY_MAX_ROWS, SkinnyWeight
+from deepspeed.ops.op_builder import CPUInferenceBuilder
+from deepspeed.ops.op_builder.simd import SIMD_WIDTH, detect_simd
+
+BUILDS = ["scalar", None]  # None: the SIMD level detected on this CPU
+
+
+def load(simd: Optional[str]):
+    builder = CPUInferenceBuilder(simd=simd)
+    if not builder.is_compatible():
+        pytest.skip(f"cpu_inference {builder.simd} build is not possible here: {builder.error_log}")
+    return builder.load()  # a compile error must fail the test, not fall back silently
+
+
+def assert_within_reordering(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> None:
+    ref = F.linear(x, w, b)
+    bound = 4 * torch.finfo(torch.float32).eps * F.linear(x.abs(), w.abs(), b.abs() if b is not None else None)
+    assert y.shape == ref.shape
+    err = (y - ref).abs()
+    assert bool((err <= bound).all()), f"max error {err.max().item():.3g} over the bound {bound.max().item():.3g}"
+
+
+@pytest.mark.parametrize("simd", BUILDS, ids=["scalar", "simd"])
+def test_simd_width_is_the_build_level(simd):
+    assert load(simd).simd_width() == SIMD_WIDTH[simd or detect_simd()]
+
+
+# rows: full 8-row blocks, partial blocks and both at once; k: multiples of every vector width and
+# tails; n: odd counts that leave a row of w outside the 2-wide tiles.
+@pytest.mark.parametrize("simd", BUILDS, ids=["scalar", "simd"])
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 13, 16])
+@pytest.mark.parametrize("k,n", [(512, 1536), (16, 7), (37, 33), (2048, 64), (5, 1)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_decode_linear_matches_f_linear(simd, rows, k, n, bias):
+    op = load(simd)
+    g = torch.Generator().manual_seed(rows * 1000 + k + n)
+    x = torch.randn(rows, k, generator=g)
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    assert_within_reordering(op.decode_linear(x, w, b), x, w, b)
+
+
+def test_decode_linear_uses_every_thread_range():
+    """Threads split the tiles of w; every output column must be written exactly once."""
+    op = load(None)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        g = torch.Generator().manual_seed(3)
+        x, w, b = torch.randn(8, 64, generator=g), torch.randn(1001, 64, generator=g), torch.randn(1001, generator=g)
+        assert_within_reordering(op.decode_linear(x, w, b), x, w, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_decode_linear_rejects_bad_inputs_by_name():
+    op = load(None)
+    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    with pytest.raises(RuntimeError, match="float32"):
+        op.decode_linear(x.double(), w.double())
+    with pytest.raises(RuntimeError, match=r"x \(M, K\) and w \(N, K\)"):
+        op.decode_linear(x, torch.randn(6, 9))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op.decode_linear(torch.randn(8, 4).t(), w)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        op.decode_linear(x, w, torch.randn(5))
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 96), (8, 512, 1536), (16, 48, 7)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_skinny_weight_runs_its_row_count_and_defers_the_rest(shape, bias):
+    rows, k, n = shape
+    op = load(None)
+    g = torch.Generator().manual_seed(rows * n)
+    w = torch.randn(n, k, generator=g)
+    b = torch.randn(n, generator=g) if bias else None
+    skinny = SkinnyWeight(w, rows, op)
+    for x in (torch.randn(rows, k, generator=g), torch.randn(rows, 1, k, generator=g),  # the kernel's row count
+              torch.randn(rows + 2, k, generator=g), torch.randn(2, rows, k, generator=g)):  # others: F.linear
+        assert_within_reordering(skinny.linear(x, b), x, w, b)
+
+
+def test_skinny_weight_refuses_too_many_rows():
+    with pytest.raises(ValueError, match=f"at most {SKINNY_MAX_ROWS} rows"):
+        SkinnyWeight(torch.randn(4, 4), SKINNY_MAX_ROWS + 1, op=None)
