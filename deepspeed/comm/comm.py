@@ -323,6 +323,8 @@ def destroy_process_group(group: Any = None) -> None:
     dist.destroy_process_group(group)
     if group is None:
         groups.reset()
+        from deepspeed.comm.shm import reset_shared_groups  # shm.py imports this module
+        reset_shared_groups()
         _STATE.timeout = None
         if store is not None:
             _exit_handshake(store, rank, world)

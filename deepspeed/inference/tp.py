@@ -23,7 +23,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from deepspeed import comm as dist
-from deepspeed.comm.shm import ShmAllReduce
+from deepspeed.comm.shm import ShmGroup
 from deepspeed.inference.containers.base import LayerView, NormSpec
 from deepspeed.inference.decode import Segment
 
@@ -98,7 +98,7 @@ class TPBatch:
         self.world = len(ranks)
         self.rank = dist.get_rank(group=group)
         #: the shared-memory all-reduce (CPU tensors), or None: `shared_memory=False` (GPU ranks), other hosts
-        self.shm = ShmAllReduce.create(group, ranks, timeout=dist.get_collective_timeout()) if shared_memory else None
+        self.shm = ShmGroup.create(group, ranks, timeout=dist.get_collective_timeout()) if shared_memory else None
 
     def combine(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
                 pad_token_id: int) -> Tuple[torch.Tensor, torch.Tensor, List[Segment], torch.Tensor]:

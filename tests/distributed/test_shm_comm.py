@@ -8,9 +8,9 @@ def _matches_gloo():
     from datetime import timedelta
 
     from deepspeed import comm as dist
-    from deepspeed.comm.shm import ShmAllReduce
+    from deepspeed.comm.shm import ShmGroup
     group = dist.new_group([0, 1])
-    shm = ShmAllReduce.create(group, [0, 1], capacity=4096, timeout=timedelta(seconds=30))
+    shm = ShmGroup.create(group, [0, 1], capacity=4096, timeout=timedelta(seconds=30))
     assert shm is not None
     g = torch.Generator().manual_seed(dist.get_rank())
     same, calls = [], 0
@@ -42,8 +42,8 @@ def _times_out():
 
     from deepspeed import comm as dist
     from deepspeed.comm.comm import CollectiveTimeoutError
-    from deepspeed.comm.shm import ShmAllReduce
-    shm = ShmAllReduce.create(dist.new_group([0, 1]), [0, 1], timeout=timedelta(seconds=1))
+    from deepspeed.comm.shm import ShmGroup
+    shm = ShmGroup.create(dist.new_group([0, 1]), [0, 1], timeout=timedelta(seconds=1))
     if dist.get_rank() == 1:
         return "skipped"  # this rank never calls: rank 0 must time out, not hang
     try:
@@ -59,8 +59,8 @@ def test_shm_all_reduce_times_out_naming_the_rank_and_the_missing_peer():
 
 
 def test_shm_all_reduce_needs_a_peer():
-    from deepspeed.comm.shm import ShmAllReduce
-    assert ShmAllReduce.create(None, [0]) is None  # a group of one needs no all-reduce
+    from deepspeed.comm.shm import ShmGroup
+    assert ShmGroup.create(None, [0]) is None  # a group of one needs no all-reduce
 
 
 def _tp_batch_uses_shm():

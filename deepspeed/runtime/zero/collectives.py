@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from deepspeed import comm as dist
+from deepspeed.comm.shm import shared_group
 
 __all__ = ["GatherHandle", "gather_params", "reduce_scatter_grads", "SOLO_GATHER_NUMEL"]
 
@@ -83,7 +84,11 @@ def _launch(params: List[torch.nn.Parameter]) -> _Piece:
     send = torch.cat([p.ds_tensor.to(device=device, dtype=dtype).reshape(-1) for p in params]) \
         if len(params) > 1 else params[0].ds_tensor.to(device=device, dtype=dtype).reshape(-1)
     out = torch.empty(send.numel() * state0.world, dtype=dtype, device=device)
-    if state0.world > 1:
+    shm = shared_group(state0.group) if state0.world > 1 and device.type == "cpu" else None
+    if shm is not None:  # ranks on one host: through shared memory, at once ([Note: shared-memory all-gather])
+        shm.all_gather_into_tensor(out, send)
+        work = None
+    elif state0.world > 1:
         work = dist.all_gather_into_tensor(out, send, group=state0.group, async_op=True)
     else:
         out.copy_(send)
