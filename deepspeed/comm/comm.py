@@ -35,7 +35,8 @@ __all__ = [
     "all_gather_into_tensor", "allgather_fn", "all_gather_coalesced", "reduce_scatter", "reduce_scatter_tensor",
     "reduce_scatter_fn", "all_to_all_single", "all_to_all", "send", "recv", "isend", "irecv", "gather", "scatter",
     "barrier", "monitored_barrier", "reduce", "all_reduce", "all_reduce_coalesced", "inference_all_reduce",
-    "has_all_gather_into_tensor", "has_reduce_scatter_tensor", "log_summary", "get_collective_timeout"
+    "has_all_gather_into_tensor", "has_reduce_scatter_tensor", "log_summary", "get_collective_timeout",
+    "record_collective"
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,15 +140,21 @@ def _finish(works: Sequence[Any], async_op: bool, post: Optional[Callable[[], No
     return None
 
 
+def record_collective(name: str, tensor: Optional[torch.Tensor]) -> None:
+    """Count one call of collective `name` moving `tensor` (log_summary's figures); collectives that
+    bypass the process group (deepspeed/comm/shm.py) record themselves here under the op they replace."""
+    stats = _STATE.stats.setdefault(name, [0, 0])
+    stats[0] += 1
+    stats[1] += _nbytes(tensor) if tensor is not None else 0
+
+
 def _collective(fn: Callable) -> Callable:
     """Count the call and name the operation in timeout errors."""
     name = fn.__name__
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        stats = _STATE.stats.setdefault(name, [0, 0])
-        stats[0] += 1
-        stats[1] += _nbytes(args[0]) if args else 0
+        record_collective(name, args[0] if args else None)
         try:
             result = fn(*args, **kwargs)
         except RuntimeError as err:

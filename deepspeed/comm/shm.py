@@ -127,6 +127,7 @@ class ShmGroup:
         if not self.fits(t):
             raise ValueError(f"ShmGroup.all_reduce: a {tuple(t.shape)} {t.dtype} tensor on {t.device} does not fit "
                              f"(contiguous CPU tensors of at most {self.capacity} bytes); use dist.all_reduce")
+        dist.record_collective("all_reduce", t)
         n = self._seq + 1
         nbytes = t.numel() * t.element_size()
         bank = self._slots[n % 2]
@@ -146,6 +147,7 @@ class ShmGroup:
             raise ValueError(f"ShmGroup.all_gather_into_tensor: needs CPU tensors of one dtype and a contiguous "
                              f"output of world * {inp.numel()} elements; got {inp.dtype} {tuple(inp.shape)} on "
                              f"{inp.device} -> {out.dtype} {tuple(out.shape)} on {out.device}")
+        dist.record_collective("all_gather_into_tensor", out)
         src = inp.contiguous().view(-1).view(torch.uint8)
         dst = out.view(-1).view(torch.uint8).view(self.world, -1)
         total = src.numel()

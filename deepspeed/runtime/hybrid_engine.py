@@ -21,9 +21,9 @@ One generate call:
      `tp_gather_partition_size` layers at a time, and data-parallel ranks
      are kept in lock-step so the collective gathers always match,
 4. run the KV-cache decode loop (deepspeed/inference/decode.py); on CPU
-   its decode steps run on MKL-packed copies of the static layers' weights
-   (kernels.py), and TP ranks on one host sum their partial outputs through
-   shared memory (deepspeed/comm/shm.py),
+   its decode steps' products run through the skinny C++ kernel (or on
+   MKL-packed weights, kernels.py), and ranks on one host gather shards and
+   sum TP partial outputs through shared memory (deepspeed/comm/shm.py),
 5. optionally free the KV cache (`release_inference_cache`).
 Calls the decode path cannot run exactly (beam search, unknown families,
 repetition penalties, ...) go to HF's own generate, with the parameters

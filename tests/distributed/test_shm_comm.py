@@ -1,4 +1,4 @@
-"""The shared-memory all-reduce of inference TP ([Note: shared-memory all-reduce] in deepspeed/comm/shm.py)."""
+"""Shared-memory collectives: the all-reduce of inference TP and the all-gather of ZeRO-3 (deepspeed/comm/shm.py)."""
 import torch
 
 from dist_harness import run_distributed
@@ -79,3 +79,65 @@ def _tp_batch_uses_shm():
 def test_tp_batch_broadcasts_rank0_tokens_and_sums_partials():
     for uses_shm, tokens, x, big in run_distributed(_tp_batch_uses_shm, world_size=2):
         assert uses_shm and tokens == [5, 6, 7] and x == [[3.0] * 3] * 2 and big == 2.0
+
+
+def _gather_matches_gloo():
+    from datetime import timedelta
+
+    from deepspeed import comm as dist
+    from deepspeed.comm.shm import ShmGroup
+    group = dist.new_group([0, 1])
+    shm = ShmGroup.create(group, [0, 1], capacity=4096, timeout=timedelta(seconds=30))
+    g = torch.Generator().manual_seed(10 + dist.get_rank())
+    same = []
+    # sizes below, at and across the 4096-byte chunk (1024 fp32, 2048 bf16), and empty
+    for size, dtype in [(1, torch.float32), (1024, torch.float32), (1025, torch.float32), (5000, torch.float32),
+                        (2048, torch.bfloat16), (4099, torch.bfloat16), (3, torch.int64), (0, torch.float32)] * 5:
+        inp = (torch.randn(size, generator=g) * 100).to(dtype)
+        ref = torch.empty(2 * size, dtype=dtype)
+        dist.all_gather_into_tensor(ref, inp, group=group)
+        out = torch.full((2 * size,), -1, dtype=dtype)
+        shm.all_gather_into_tensor(out, inp)
+        same.append(bool(torch.equal(out, ref)))
+        # interleaved with all-reduces on the same slots and flags
+        probe = torch.ones(4)
+        shm.all_reduce(probe)
+        same.append(probe.tolist() == [2.0] * 4)
+    try:
+        shm.all_gather_into_tensor(torch.empty(3), torch.empty(2))
+        wrong_size = "accepted"
+    except ValueError as err:
+        wrong_size = str(err)
+    return all(same), len(same), wrong_size
+
+
+def test_shm_all_gather_matches_gloo_exactly_across_chunks():
+    for ok, calls, wrong_size in run_distributed(_gather_matches_gloo, world_size=2):
+        assert ok and calls == 80
+        assert "world * 2 elements" in wrong_size, wrong_size
+
+
+def _zero3_gathers_use_shm():
+    import deepspeed.comm.shm as shm_mod
+    from deepspeed import comm as dist
+    from deepspeed.runtime.zero.collectives import gather_params
+    from deepspeed.runtime.zero.partition_parameters import Init
+    with Init():
+        layer = torch.nn.Linear(64, 48)
+    calls = []
+    real = shm_mod.ShmGroup.all_gather_into_tensor
+    shm_mod.ShmGroup.all_gather_into_tensor = lambda self, out, inp: calls.append(inp.numel()) or real(self, out, inp)
+    before = dist.log_summary().get("all_gather_into_tensor", {"bytes": 0})["bytes"]
+    gather_params(list(layer.parameters()))
+    counted = dist.log_summary()["all_gather_into_tensor"]["bytes"] - before  # the comm log still sees them
+    full = [layer.weight.detach().clone(), layer.bias.detach().clone()]
+    both = [[torch.empty_like(t) for _ in range(2)] for t in full]
+    for t, out in zip(full, both):
+        dist.all_gather(out, t)
+    return bool(calls), all(torch.equal(a, b) for a, b in both), tuple(full[0].shape), counted / full[0].element_size()
+
+
+def test_zero3_gathers_on_one_host_go_through_shared_memory():
+    for used, same_on_ranks, shape, counted in run_distributed(_zero3_gathers_use_shm, world_size=2):
+        assert used and same_on_ranks and shape == (48, 64)
+        assert counted == 48 * 64 + 48  # the gathered (full) elements' bytes, as gloo's are counted

@@ -34,7 +34,10 @@ SOLO_GATHER_NUMEL = 1 << 18
 # gloo ranks, the 8 layers of bench/hybrid_engine.py's OPT model (25M
 # parameters) gathered at once: median 0.17 s coalesced, 0.13 s with solo
 # gathers (its `gather_s` figure). Small shards stay coalesced, where one
-# collective's fixed latency outweighs the copies.
+# collective's fixed latency outweighs the copies. CPU ranks on one host
+# send both kinds through shared memory instead of gloo ([Note:
+# shared-memory all-gather] in deepspeed/comm/shm.py): at once, so an async
+# gather is already complete when its handle is waited on.
 
 
 class _Piece:
