@@ -21,7 +21,7 @@ parallelism concatenates the TP group's batches) stop independently.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -164,15 +164,17 @@ class DecodeLoop:
                  sync_tokens: Optional[Callable[[torch.Tensor], None]] = None,
                  any_running: Optional[Callable[[bool], bool]] = None,
                  kernels: Optional[InferenceKernels] = None, cache_tokens: int = 0,
-                 fixed_shape_steps: bool = False, products: str = "auto") -> None:
+                 fixed_shape_steps: bool = False, products: str = "auto", vocab_shard: Optional[Any] = None) -> None:
         if products != "auto" and products not in DECODE_PRODUCTS:
             raise ValueError(f"products={products!r}: expected 'auto' or one of {DECODE_PRODUCTS}")
         self.policy = policy
         self.layers = layers
         self.products = products
-        #: this call's layers (carrying Packed/SkinnyWeights, or the originals) and LM head weight
+        self.vocab_shard = vocab_shard
+        #: this call's layers (carrying Packed/SkinnyWeights, or the originals), and its LM head:
+        #: (weight (V', H), bias or None, Packed/SkinnyWeight or None), V' = V or this rank's rows
         self._call_layers = layers
-        self._head: Optional[object] = None
+        self._head: Optional[Tuple[torch.Tensor, Optional[torch.Tensor], Optional[object]]] = None
         self.ws = workspace
         self.reduce = reduce
         self.sync_tokens = sync_tokens
@@ -265,7 +267,11 @@ class DecodeLoop:
         for group in self._call_layers.iterate():
             for idx, view in group:
                 x = self._layer(view, idx, x, start, mask, cos, sin)
-        return self.policy.logits(x[:, -1], self._head).float()
+        w, b, packed = self._head if self._head is not None else (*self.policy.lm_head(), None)
+        logits = linear(self.policy.final_hidden(x[:, -1]), w, b, packed)
+        if self.vocab_shard is not None:
+            logits = self.vocab_shard.gather(logits, self.policy.lm_head()[0].shape[0])
+        return logits.float()
 
     def _plan_products(self, rows: int, steps: int, device: torch.device, dtype: torch.dtype) -> str:
         """Pick this call's layers and LM head (see `products` in the class docstring); -> the choice."""
@@ -276,14 +282,17 @@ class DecodeLoop:
             choice = "plain"
         if choice == "packed" and not packing_possible(device, dtype):
             choice = "plain"
+        head_w, head_b = self.policy.lm_head()
+        if self.vocab_shard is not None:
+            head_w, head_b = self.vocab_shard.cut(head_w, head_b)
         if choice == "plain" or not isinstance(self.layers, StaticLayers):
-            self._call_layers, self._head = self.layers, None
+            self._call_layers, self._head = self.layers, (head_w, head_b, None)
             return "plain"
         make = (lambda w: SkinnyWeight(w, rows, op)) if choice == "skinny" else (lambda w: PackedWeight(w, rows))
         self._call_layers = self.layers.with_products(make)
-        head = self.policy.lm_head()[0]
         # The head may live elsewhere (a tied embedding kept in another dtype): then it keeps F.linear.
-        self._head = make(head) if (head.device, head.dtype) == (device, dtype) else None
+        packed = make(head_w) if (head_w.device, head_w.dtype) == (device, dtype) else None
+        self._head = (head_w, head_b, packed)
         return choice
 
     # ------------------------------------------------------------- the loop

@@ -10,6 +10,12 @@ live on TP rank 0 only, so they are added exactly once. Shards are
 contiguous copies: under ZeRO-3 the gathered full tensors are released
 right after sharding.
 
+The LM head is sharded by vocabulary rows (`VocabShard`): rank r computes
+logits [r*Vs, (r+1)*Vs) with Vs = ceil(V / w) (the last shard padded with
+zero rows, whose logits are cut off), and an all-gather rebuilds the full
+logits, the same values on every rank. Each logit is the same dot product
+it is unsharded, so greedy tokens do not change.
+
 The ranks of a TP group run one decode loop over the concatenation of
 their batches (left-padded to the longest prompt, padded with empty rows
 to the largest batch) and each takes its own rows back, so every rank's
@@ -18,7 +24,7 @@ output equals what it would have generated alone.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -27,7 +33,7 @@ from deepspeed.comm.shm import ShmGroup
 from deepspeed.inference.containers.base import LayerView, NormSpec
 from deepspeed.inference.decode import Segment
 
-__all__ = ["TP_GROUP_NAME", "tp_layout", "shard_view", "TPBatch"]
+__all__ = ["TP_GROUP_NAME", "tp_layout", "shard_view", "TPBatch", "VocabShard"]
 
 #: Registry name of the inference tensor-parallel group (deepspeed.comm.groups).
 TP_GROUP_NAME = "inference_tp"
@@ -82,6 +88,39 @@ def shard_view(view: LayerView, rank: int, world: int, group) -> LayerView:
                    mlp_out_b=view.mlp_out_b.detach().clone() if first and view.mlp_out_b is not None else None,
                    attn_norm=_copy_norm(view.attn_norm), mlp_norm=_copy_norm(view.mlp_norm), reduce_group=group,
                    owned=[])
+
+
+class VocabShard:
+    """This rank's rows of the LM head, and the gather of everyone's logits (see the note at the top).
+
+    `all_gather(out, inp)` fills out (world * n,) with every rank's inp (n,), rank-major.
+    """
+
+    def __init__(self, rank: int, world: int, all_gather: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+        self.rank, self.world, self._all_gather = rank, world, all_gather
+
+    def rows(self, vocab: int) -> int:
+        return -(-vocab // self.world)
+
+    def cut(self, weight: torch.Tensor,
+            bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """weight (V, H), bias (V,) -> this rank's (Vs, H), (Vs,) copies, zero rows past V."""
+        vocab, n = weight.shape[0], self.rows(weight.shape[0])
+        start, end = min(self.rank * n, vocab), min((self.rank + 1) * n, vocab)
+        w = weight.new_zeros((n, weight.shape[1]))
+        w[:end - start] = weight[start:end]
+        b = None
+        if bias is not None:
+            b = bias.new_zeros(n)
+            b[:end - start] = bias[start:end]
+        return w, b
+
+    def gather(self, part: torch.Tensor, vocab: int) -> torch.Tensor:
+        """part (B, Vs), this rank's logits -> (B, V), every rank's, in vocabulary order."""
+        b, n = part.shape
+        out = torch.empty(self.world * b * n, dtype=part.dtype, device=part.device)
+        self._all_gather(out, part.contiguous().view(-1))
+        return out.view(self.world, b, n).permute(1, 0, 2).reshape(b, self.world * n)[:, :vocab]
 
 
 class TPBatch:
@@ -144,6 +183,17 @@ class TPBatch:
             self.shm.all_reduce(tokens)
             return
         dist.broadcast(tokens, src=self.ranks[0], group=self.group)
+
+    def vocab_shard(self) -> VocabShard:
+        """This rank's share of the LM head, its logits gathered through shared memory or the group."""
+        return VocabShard(self.rank, self.world, self.all_gather)
+
+    def all_gather(self, out: torch.Tensor, inp: torch.Tensor) -> None:
+        """out (world * n,) <- every rank's inp (n,), rank-major."""
+        if self.shm is not None and inp.device.type == "cpu":
+            self.shm.all_gather_into_tensor(out, inp)
+            return
+        dist.all_gather_into_tensor(out, inp, group=self.group)
 
     def all_reduce(self, t: torch.Tensor) -> None:
         if self.shm is not None and self.shm.fits(t):

@@ -207,7 +207,7 @@ class DeepSpeedHybridEngine(DeepSpeedEngine):
             ids, full_mask, segments, live = tp.combine(input_ids, mask, params.max_new_tokens, params.pad_token_id)
             loop = DecodeLoop(self.policy, layers, self.workspace, reduce=tp.all_reduce,
                               sync_tokens=tp.broadcast_tokens, cache_tokens=cache_tokens,
-                              kernels=self._inference_kernels())
+                              kernels=self._inference_kernels(), vocab_shard=tp.vocab_shard())
             tokens, segments = loop.generate(ids, full_mask, params, segments=segments, live_rows=live)
             return tp.split(tokens, segments)
         any_running = None

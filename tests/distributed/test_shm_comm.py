@@ -141,3 +141,26 @@ def test_zero3_gathers_on_one_host_go_through_shared_memory():
     for used, same_on_ranks, shape, counted in run_distributed(_zero3_gathers_use_shm, world_size=2):
         assert used and same_on_ranks and shape == (48, 64)
         assert counted == 48 * 64 + 48  # the gathered (full) elements' bytes, as gloo's are counted
+
+
+def _vocab_shards_rebuild_the_logits():
+    from deepspeed import comm as dist
+    from deepspeed.inference.tp import TPBatch
+    tp = TPBatch(dist.new_group([0, 1]), [0, 1])
+    g = torch.Generator().manual_seed(4)  # the same head and hidden states on both ranks
+    head, bias, hidden = torch.randn(63, 16, generator=g), torch.randn(63, generator=g), torch.randn(5, 16, generator=g)
+    shard = tp.vocab_shard()
+    w, b = shard.cut(head, bias)  # 32 rows each; rank 1's last row is padding
+    logits = shard.gather(torch.nn.functional.linear(hidden, w, b), vocab=63)
+    rows = [torch.nn.functional.linear(hidden[i:i + 1], head[j:j + 1], bias[j:j + 1]) for i in range(5) for j in range(63)]
+    ref = torch.cat(rows, dim=1).view(5, 63)  # each logit alone: no blocking can change it
+    both = [torch.empty_like(logits) for _ in range(2)]
+    dist.all_gather(both, logits)
+    padding = w[-1].abs().sum().item() if dist.get_rank() == 1 else 0.0
+    return tuple(w.shape), padding, torch.allclose(logits, ref, rtol=1e-6, atol=1e-6), torch.equal(both[0], both[1])
+
+
+def test_vocab_sharded_lm_head_gathers_full_logits_in_vocabulary_order():
+    for shape, padding, close, same_on_ranks in run_distributed(_vocab_shards_rebuild_the_logits, world_size=2):
+        assert shape == (32, 16) and padding == 0.0
+        assert close and same_on_ranks

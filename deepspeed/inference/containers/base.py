@@ -28,7 +28,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from deepspeed.inference.kernels import linear
 
 __all__ = ["NormSpec", "LayerView", "LINEAR_ROLES", "ModelPolicy", "linear_params", "activation_fn", "rotary_table_from",
            "KERNEL_ACTIVATIONS"]
@@ -209,11 +208,6 @@ class ModelPolicy(abc.ABC):
     @abc.abstractmethod
     def lm_head(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(weight (V, H'), bias (V,) or None) of the LM head."""
-
-    def logits(self, hidden: torch.Tensor, packed: Optional[Any] = None) -> torch.Tensor:
-        """Final norm + LM head. hidden (B, H) -> logits (B, V); `packed` is the head's
-        kernels.PackedWeight for this call, if it has one."""
-        return linear(self.final_hidden(hidden), *self.lm_head(), packed)
 
     def rotary_table(self, length: int, device: torch.device,
                      dtype: torch.dtype) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
