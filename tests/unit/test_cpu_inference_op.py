@@ -16,7 +16,7 @@ from deepspeed.inference.kernels import SKINNY_MAX_ROWS, SkinnyWeight
 from deepspeed.ops.op_builder import CPUInferenceBuilder
 from deepspeed.ops.op_builder.simd import SIMD_WIDTH, detect_simd
 
-BUILDS = ["scalar", None]  # None: the SIMD level detected on this CPU
+BUILDS = ["scalar", "avx2", None]  # None: the SIMD level detected on this CPU (avx512 here: all three paths)
 
 
 def load(simd: Optional[str]):
@@ -34,14 +34,14 @@ def assert_within_reordering(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, 
     assert bool((err <= bound).all()), f"max error {err.max().item():.3g} over the bound {bound.max().item():.3g}"
 
 
-@pytest.mark.parametrize("simd", BUILDS, ids=["scalar", "simd"])
+@pytest.mark.parametrize("simd", BUILDS, ids=["scalar", "avx2", "detected"])
 def test_simd_width_is_the_build_level(simd):
     assert load(simd).simd_width() == SIMD_WIDTH[simd or detect_simd()]
 
 
 # rows: full 8-row blocks, partial blocks and both at once; k: multiples of every vector width and
 # tails; n: odd counts that leave a row of w outside the 2-wide tiles.
-@pytest.mark.parametrize("simd", BUILDS, ids=["scalar", "simd"])
+@pytest.mark.parametrize("simd", BUILDS, ids=["scalar", "avx2", "detected"])
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 13, 16])
 @pytest.mark.parametrize("k,n", [(512, 1536), (16, 7), (37, 33), (2048, 64), (5, 1)])
 @pytest.mark.parametrize("bias", [False, True])
