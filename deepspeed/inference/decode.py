@@ -267,11 +267,16 @@ class DecodeLoop:
         for group in self._call_layers.iterate():
             for idx, view in group:
                 x = self._layer(view, idx, x, start, mask, cos, sin)
-        w, b, packed = self._head if self._head is not None else (*self.policy.lm_head(), None)
+        w, b, packed = self._head if self._head is not None else (*self._head_weights(), None)
         logits = linear(self.policy.final_hidden(x[:, -1]), w, b, packed)
         if self.vocab_shard is not None:
             logits = self.vocab_shard.gather(logits, self.policy.lm_head()[0].shape[0])
         return logits.float()
+
+    def _head_weights(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The LM head's (weight, bias), or this rank's rows of them under a vocab shard (copies)."""
+        w, b = self.policy.lm_head()
+        return self.vocab_shard.cut(w, b) if self.vocab_shard is not None else (w, b)
 
     def _plan_products(self, rows: int, steps: int, device: torch.device, dtype: torch.dtype) -> str:
         """Pick this call's layers and LM head (see `products` in the class docstring); -> the choice."""
@@ -282,9 +287,7 @@ class DecodeLoop:
             choice = "plain"
         if choice == "packed" and not packing_possible(device, dtype):
             choice = "plain"
-        head_w, head_b = self.policy.lm_head()
-        if self.vocab_shard is not None:
-            head_w, head_b = self.vocab_shard.cut(head_w, head_b)
+        head_w, head_b = self._head_weights()
         if choice == "plain" or not isinstance(self.layers, StaticLayers):
             self._call_layers, self._head = self.layers, (head_w, head_b, None)
             return "plain"

@@ -152,7 +152,8 @@ def _vocab_shards_rebuild_the_logits():
     shard = tp.vocab_shard()
     w, b = shard.cut(head, bias)  # 32 rows each; rank 1's last row is padding
     logits = shard.gather(torch.nn.functional.linear(hidden, w, b), vocab=63)
-    rows = [torch.nn.functional.linear(hidden[i:i + 1], head[j:j + 1], bias[j:j + 1]) for i in range(5) for j in range(63)]
+    rows = [torch.nn.functional.linear(hidden[i:i + 1], head[j:j + 1], bias[j:j + 1])
+            for i in range(5) for j in range(63)]
     ref = torch.cat(rows, dim=1).view(5, 63)  # each logit alone: no blocking can change it
     both = [torch.empty_like(logits) for _ in range(2)]
     dist.all_gather(both, logits)

@@ -140,8 +140,8 @@ torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& w, cons
     DS_CHECK(x.device().is_cpu() && w.device().is_cpu(), "decode_linear: x and w must be CPU tensors");
     DS_CHECK(x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32,
              "decode_linear: x and w must be float32, got ", x.scalar_type(), " and ", w.scalar_type());
-    DS_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "decode_linear: x (M, K) and w (N, K) expected, got ",
-             x.sizes(), " and ", w.sizes());
+    DS_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+             "decode_linear: x (M, K) and w (N, K) expected, got ", x.sizes(), " and ", w.sizes());
     DS_CHECK(x.is_contiguous() && w.is_contiguous(), "decode_linear: x and w must be contiguous");
     const bool has_bias = b.has_value() && b->defined();
     if (has_bias) {
