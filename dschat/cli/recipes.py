@@ -40,8 +40,9 @@ GPU scripts for 1.3B models:
   1234/42/7 (greedy task success change, mean reward change): DS-Chat's
   unwhitened sampling PPO -0.028/-0.043/-0.059 and -0.05/-0.39/-0.62; this
   recipe +0.025/-0.004/-0.010 and +0.28/-0.05/-0.25 (on an AVX2 machine;
-  the AVX-512 Xeon CI runs on now gives +0.014 and +0.44 on seed 1234, the
-  whole pipeline's fp32 sums being ordered differently). Neither whitening the
+  an AVX-512 Xeon gave +0.014 and +0.44 on seed 1234, and a Zen 1 AMD EPYC
+  -0.014 and -0.01, the whole pipeline's fp32 sums being ordered
+  differently on each). Neither whitening the
   advantages (`--whiten_advantages`), more PPO epochs, nor actor learning
   rates 5e-6..1e-4 gave a gain; even plain REINFORCE with the *true* task
   reward did not raise this model's sampled success within such a budget,
