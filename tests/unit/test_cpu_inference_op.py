@@ -16,7 +16,7 @@ from deepspeed.inference.kernels import SKINNY_MAX_ROWS, SkinnyWeight
 from deepspeed.ops.op_builder import CPUInferenceBuilder
 from deepspeed.ops.op_builder.simd import SIMD_WIDTH, detect_simd
 
-BUILDS = ["scalar", "avx2", None]  # None: the SIMD level detected on this CPU (avx512 here: all three paths)
+BUILDS = ["scalar", "avx2", None]  # None: the SIMD level detected on this CPU (on an AVX-512 CPU: all three paths)
 
 
 def load(simd: Optional[str]):
@@ -39,8 +39,9 @@ def test_simd_width_is_the_build_level(simd):
     assert load(simd).simd_width() == SIMD_WIDTH[simd or detect_simd()]
 
 
-# rows: full 8-row blocks, partial blocks and both at once; k: multiples of every vector width and
-# tails; n: odd counts that leave a row of w outside the 2-wide tiles.
+# rows: full row blocks (8 rows under AVX-512, 4 under AVX2 and scalar), partial blocks and both at
+# once; k: multiples of every vector width and tails; n: odd counts that leave a row of w outside the
+# 2-wide tiles.
 @pytest.mark.parametrize("simd", BUILDS, ids=["scalar", "avx2", "detected"])
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 13, 16])
 @pytest.mark.parametrize("k,n", [(512, 1536), (16, 7), (37, 33), (2048, 64), (5, 1)])

@@ -28,9 +28,15 @@ namespace {
 using ds_cpu::Vec;
 
 // Registers: MB x NB accumulators + NB w vectors + one x vector. AVX512 has 32
-// vector registers, AVX2 16, so AVX2 tiles are one w row wide.
-constexpr int kMB = 8;
-constexpr int kNB = Vec::kWidth >= 16 ? 2 : 1;
+// vector registers and takes 8 x 2 tiles (19 live). AVX2 has 16 and takes
+// 4 x 2 (11 live): each k step then loads 6 vectors for 8 FMAs, where an
+// 8 x 1 tile loaded 9 for 8. On a core with one vector load and one FMA per
+// cycle (Zen 1 splits both into two 128-bit halves) the 8 x 1 tile was bound
+// by its loads, at ~75% of sgemm's FMA rate; a decode step with 8 or 16 rows
+// is compute-bound there (measured on a 2-core EPYC VM: 15 GFMA/s sgemm
+// against 14 GB/s of reads, and a w byte feeds 2-4 FMAs).
+constexpr int kMB = Vec::kWidth >= 16 ? 8 : 4;
+constexpr int kNB = 2;
 
 #if defined(__AVX512__)
 // The 16 lane sums of a0..a15 in one vector, lane 4 * (i % 4) + i / 4 holding a_i's:
@@ -51,6 +57,17 @@ inline __m512 reduce16(const Vec* a)
                              _mm512_shuffle_ps(e[2 * i], e[2 * i + 1], 0xEE));
     return _mm512_add_ps(_mm512_shuffle_ps(g[0], g[1], 0x88), _mm512_shuffle_ps(g[0], g[1], 0xDD));
 }
+#elif defined(__AVX256__)
+// The 8 lane sums of a0..a7 in one vector, lane i holding a_i's: two rounds of
+// horizontal adds, then the two 128-bit halves added, 7 adds where 8 separate
+// reductions take ~40 instructions.
+inline __m256 reduce8(const Vec* a)
+{
+    const __m256 h01 = _mm256_hadd_ps(a[0].v, a[1].v), h23 = _mm256_hadd_ps(a[2].v, a[3].v);
+    const __m256 h45 = _mm256_hadd_ps(a[4].v, a[5].v), h67 = _mm256_hadd_ps(a[6].v, a[7].v);
+    const __m256 lo = _mm256_hadd_ps(h01, h23), hi = _mm256_hadd_ps(h45, h67);  // [a0..a3 | a0..a3] halves
+    return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
+}
 #endif
 
 // y[m, j] = bias[j] + sum_k x[m, k] w[j, k] from the lane accumulators acc[m * NB + j]
@@ -65,6 +82,10 @@ inline void finish(const Vec* acc, const float* x, int64_t K, int64_t k0, const 
         alignas(64) float lanes[16];
         _mm512_store_ps(lanes, reduce16(acc));
         for (int i = 0; i < 16; ++i) sums[i] = lanes[4 * (i % 4) + i / 4];
+    } else
+#elif defined(__AVX256__)
+    if constexpr (MB * NB == 8) {
+        _mm256_storeu_ps(sums, reduce8(acc));
     } else
 #endif
     {
@@ -107,6 +128,8 @@ inline void tile(const float* x, int64_t K, const float* w, const float* bias, f
             // Keep x in a register: folded into each FMA as a memory operand it would be
             // loaded NB times, and loads, not FMAs, would bound the tile.
             asm("" : "+v"(xv.v));
+#elif defined(__AVX256__)
+            asm("" : "+x"(xv.v));
 #endif
             for (int j = 0; j < NB; ++j) acc[m * NB + j] = fma(xv, wv[j], acc[m * NB + j]);
         }
