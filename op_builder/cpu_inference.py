@@ -1,4 +1,4 @@
-"""Builder of the ``cpu_inference`` op: the skinny fp32 linear of the Hybrid Engine's CPU decode steps."""
+"""Builder of the ``cpu_inference`` op: the skinny fp32 linear and the attention of the Hybrid Engine's CPU decode steps."""
 from typing import List
 
 from .builder import CPUOpBuilder
@@ -14,7 +14,8 @@ class CPUInferenceBuilder(CPUOpBuilder):
         return "deepspeed.ops.transformer.inference.cpu_inference_op"
 
     def sources(self) -> List[str]:
-        return ["csrc/cpu/inference/decode_linear.cpp"]
+        return ["csrc/cpu/inference/decode_linear.cpp", "csrc/cpu/inference/decode_attention.cpp",
+                "csrc/cpu/inference/bindings.cpp"]
 
     def include_paths(self) -> List[str]:
         return ["csrc/includes"]

@@ -8,8 +8,9 @@ sequence length is allocated per step: the cache, the token buffer and the
 key-validity mask are allocated once per call (the cache once per engine,
 unless it must grow) and sliced. On CPU, the fp32 decode steps' products of
 the static layers and the LM head run through the skinny C++ kernel, or on
-weights MKL-packed for the call's row count ([Note: decode weight packing]
-in kernels.py); the prefill uses F.linear.
+weights MKL-packed for the call's row count, and their attention through a
+C++ kernel that reads the caches in place ([Note: decode weight packing]
+in kernels.py); the prefill uses F.linear and SDPA.
 
 Semantics follow HF `generate` so greedy output matches it token for token:
 positions are `cumsum(attention_mask) - 1`, each new token's position is the
@@ -185,6 +186,8 @@ class DecodeLoop:
             raise ValueError("fixed-shape (CUDA graph) decode steps need static layers without collectives")
         self.fixed_shape_steps = fixed_shape_steps
         self._rot: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        #: the cpu_inference op when this call's decode steps attend through its kernel, else None
+        self._step_attention: Optional[Any] = None
 
     # ------------------------------------------------------------ one layer
     def _attention(self, view: LayerView, idx: int, h: torch.Tensor, start, mask: torch.Tensor,
@@ -211,8 +214,14 @@ class DecodeLoop:
         nq, nkv, hd = view.n_heads, view.n_kv_heads, view.head_dim
         if s == 1:
             # Each kv head serves nq/nkv query heads: fold them into the query length.
-            out = F.scaled_dot_product_attention(q.reshape(b, nkv, nq // nkv, hd), keys, values, attn_mask=mask,
-                                                 scale=view.attn_scale)
+            q = q.reshape(b, nkv, nq // nkv, hd)
+            if self._step_attention is not None and not isinstance(start, torch.Tensor):
+                # The C++ kernel reads the caches in place; mask (B, 1, 1, end) is a view of the call's
+                # (B, total) key-validity rows ([Note: decode weight packing] in kernels.py says when).
+                out = self._step_attention.decode_attention(q.contiguous(), kc, vc, mask[:, 0, 0, :], end,
+                                                            float(view.attn_scale))
+            else:
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=view.attn_scale)
             return self._linear(view, "out", out.reshape(b, 1, nq * hd))
         if nq != nkv:
             keys = keys.repeat_interleave(nq // nkv, dim=1)
@@ -287,6 +296,8 @@ class DecodeLoop:
             choice = "plain"
         if choice == "packed" and not packing_possible(device, dtype):
             choice = "plain"
+        # The attention kernel comes with the skinny products (CPU, fp32, the op built), whatever the layers.
+        self._step_attention = op if choice == "skinny" else None
         head_w, head_b = self._head_weights()
         if choice == "plain" or not isinstance(self.layers, StaticLayers):
             self._call_layers, self._head = self.layers, (head_w, head_b, None)
@@ -326,8 +337,8 @@ class DecodeLoop:
         try:
             return self._generate(input_ids, attention_mask, params, segments, live_rows)
         finally:
-            # The packed weights and the rotary table live for one call.
-            self._rot, self._call_layers, self._head = None, self.layers, None
+            # The packed weights, the rotary table and the kernel choice live for one call.
+            self._rot, self._call_layers, self._head, self._step_attention = None, self.layers, None, None
 
     def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: GenerationParams,
                   segments: Optional[List[Segment]],

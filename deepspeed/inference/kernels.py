@@ -97,7 +97,12 @@ def bias_act_ref(x: torch.Tensor, bias: Optional[torch.Tensor], activation: str)
 #   ~0.3 ms per MB, what 4-5 decode steps save, and a copy of the weights.
 #
 # Either way the prefill keeps F.linear (many rows: compute-bound, where
-# MKL's own packing is amortised), and on CUDA nothing changes.
+# MKL's own packing is amortised), and on CUDA nothing changes. With the
+# skinny products the dynamic decode steps also attend through the op's
+# `decode_attention` (csrc/cpu/inference/decode_attention.cpp), which reads
+# the K/V caches in place: torch's CPU flash kernel spends ~470 us per
+# layer of the benchmark on set-up and tiny sgemm calls for one query per
+# head. Fixed-shape (CUDA-graph) steps keep scaled_dot_product_attention.
 
 #: pack only when at least this many decode steps follow, over at most this many rows
 _PACK_MIN_STEPS, _PACK_MAX_ROWS = 8, 64

@@ -1,4 +1,5 @@
-"""The cpu_inference op's skinny linear (decode steps), scalar and SIMD builds, against F.linear.
+"""The cpu_inference op (decode steps), scalar and SIMD builds: the skinny linear against F.linear,
+the step attention against scaled_dot_product_attention.
 
 Oracle: F.linear on the same fp32 inputs. The kernel sums the same products in
 another order (per-lane partial sums, then a reduction tree), so each output
@@ -98,3 +99,77 @@ def test_skinny_weight_runs_its_row_count_and_defers_the_rest(shape, bias):
 def test_skinny_weight_refuses_too_many_rows():
     with pytest.raises(ValueError, match=f"at most {SKINNY_MAX_ROWS} rows"):
         SkinnyWeight(torch.randn(4, 4), SKINNY_MAX_ROWS + 1, op=None)
+
+
+# ------------------------------------------------------------------ decode attention
+# Oracle: F.scaled_dot_product_attention over the same cache slices and mask, as the decode
+# loop calls it. The kernel's softmax sums in another order (exact max first, then one pass),
+# so outputs agree to a few fp32 roundings of sum_l p_l |v_l|; the bound is 1e-5 on randn data.
+def sdpa_step(q, k, v, valid, length, scale):
+    b, h, _, _ = q.shape
+    mask = valid[:, None, None, :length]
+    return F.scaled_dot_product_attention(q, k[:b, :, :length], v[:b, :, :length], attn_mask=mask, scale=scale)
+
+
+# (batch, kv heads, queries per kv head, head dim, cache rows, cache slots, length): plain heads,
+# grouped-query folds, head dims with a vector tail or shorter than a vector, lengths under the
+# 4-key blocks, and caches bigger than what is read.
+ATTENTION_SHAPES = [(8, 8, 1, 64, 8, 128, 96), (3, 4, 2, 64, 5, 40, 37), (2, 2, 4, 20, 2, 9, 9),
+                    (1, 1, 1, 5, 1, 3, 1), (4, 3, 3, 16, 6, 70, 66)]
+
+
+@pytest.mark.parametrize("simd", BUILDS, ids=["scalar", "avx2", "detected"])
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_decode_attention_matches_sdpa(simd, shape):
+    op = load(simd)
+    b, h, g, d, bcap, lcap, length = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    q = torch.randn(b, h, g, d, generator=gen)
+    k, v = torch.randn(bcap, h, lcap, d, generator=gen), torch.randn(bcap, h, lcap, d, generator=gen)
+    valid = torch.rand(b, lcap + 3, generator=gen) > 0.3  # left padding and holes; wider than the cache
+    valid[:, length - 1] = True  # the newest token always sees itself
+    scale = d ** -0.5
+    out = op.decode_attention(q, k, v, valid, length, scale)
+    ref = sdpa_step(q, k, v, valid, length, scale)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_attention_reads_only_valid_slots_below_length():
+    """Poisoned slots (masked, or at or past `length`) must not reach the output."""
+    op = load(None)
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 2, 1, 8, generator=gen)
+    k, v = torch.randn(3, 2, 12, 8, generator=gen), torch.randn(3, 2, 12, 8, generator=gen)
+    valid = torch.ones(2, 12, dtype=torch.bool)
+    valid[0, :3] = False
+    ref = sdpa_step(q, k, v, valid, 9, 0.5)
+    k[0, :, :3], v[0, :, :3] = float("nan"), float("nan")  # masked
+    k[:, :, 9:], v[:, :, 9:] = float("nan"), float("nan")  # past length
+    k[2], v[2] = float("nan"), float("nan")  # a cache row past the batch
+    torch.testing.assert_close(op.decode_attention(q, k, v, valid, 9, 0.5), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_attention_of_a_row_without_valid_slots_is_zero():
+    op = load(None)
+    q, k, v = torch.randn(2, 1, 1, 8), torch.randn(2, 1, 4, 8), torch.randn(2, 1, 4, 8)
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    valid[1] = False
+    out = op.decode_attention(q, k, v, valid, 4, 1.0)
+    assert bool((out[1] == 0).all()) and bool(torch.isfinite(out).all())
+
+
+def test_decode_attention_rejects_bad_inputs_by_name():
+    op = load(None)
+    q, k = torch.randn(2, 2, 1, 8), torch.randn(2, 2, 6, 8)
+    valid = torch.ones(2, 6, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="float32"):
+        op.decode_attention(q.double(), k.double(), k.double(), valid, 6, 1.0)
+    with pytest.raises(RuntimeError, match="do not hold"):
+        op.decode_attention(torch.randn(3, 2, 1, 8), k, k, torch.ones(3, 6, dtype=torch.bool), 6, 1.0)
+    with pytest.raises(RuntimeError, match="length 7 outside"):
+        op.decode_attention(q, k, k, torch.ones(2, 7, dtype=torch.bool), 7, 1.0)
+    with pytest.raises(RuntimeError, match="valid must be a bool"):
+        op.decode_attention(q, k, k, valid.float(), 6, 1.0)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op.decode_attention(q, k.transpose(2, 3).contiguous().transpose(2, 3), k, valid, 6, 1.0)

@@ -83,6 +83,37 @@ def test_greedy_matches_hf_generate(family, fixed_shape_steps, products):
     assert loop._call_layers is loop.layers and loop._head is None
 
 
+@pytest.mark.parametrize("fixed_shape_steps", [False, True], ids=["dynamic", "fixed"])
+def test_skinny_calls_attend_through_the_kernel_in_dynamic_steps_only(monkeypatch, fixed_shape_steps):
+    """The C++ step attention runs with the skinny products, on every layer of every dynamic decode step."""
+    op = skinny_linear_op()
+    if op is None:
+        pytest.skip("the cpu_inference op cannot be built here")
+    calls = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(op, name)
+
+        def decode_attention(self, *args):
+            calls.append(args[4])  # the length attended over
+            return op.decode_attention(*args)
+
+    import deepspeed.inference.decode as decode
+    monkeypatch.setattr(decode, "skinny_linear_op", lambda: Counting())
+    model = tiny("llama")
+    ids, mask = left_padded(model.config.pad_token_id)
+    with torch.no_grad():
+        params, _ = resolve_generation(model, ids.shape[1], {"max_new_tokens": 4,
+                                                             "pad_token_id": model.config.pad_token_id})
+        loop = loop_for(model, fixed_shape_steps=fixed_shape_steps, products="skinny")
+        loop.generate(ids, mask, params)
+    layers, p = model.config.num_hidden_layers, ids.shape[1]
+    # 3 decode steps follow the prefill (the 4th token needs no forward); fixed-shape steps keep SDPA.
+    assert calls == ([] if fixed_shape_steps else [p + s for s in range(1, 4) for _ in range(layers)])
+    assert loop._step_attention is None  # the choice lives for one call
+
+
 @needs_mkl
 @pytest.mark.parametrize("shape", [(3, 32, 96), (8, 512, 1536), (5, 48, 7), (1, 16, 64)])
 @pytest.mark.parametrize("bias", [False, True])

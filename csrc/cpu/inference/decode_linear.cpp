@@ -1,4 +1,4 @@
-// Skinny fp32 linear for CPU decode steps (cpu_inference op):
+// Skinny fp32 linear for CPU decode steps (cpu_inference op; bound in bindings.cpp):
 //   y (M, N) = x (M, K) . w (N, K)^T (+ bias (N)),   M small (a decode step's rows).
 //
 // Why not MKL: with a handful of rows the product is bound by how fast w
@@ -22,6 +22,7 @@
 
 #include "../../includes/cpu_simd.h"
 #include "../../includes/ds_check.h"
+#include "decode_ops.h"
 
 namespace {
 
@@ -157,6 +158,8 @@ void column_tile(const float* x, int64_t M, int64_t K, const float* w, const flo
     }
 }
 
+}  // namespace
+
 // x (M, K), w (N, K), bias (N) or undefined -> (M, N); fp32, contiguous, CPU.
 torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b)
 {
@@ -194,12 +197,3 @@ torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& w, cons
 }
 
 int simd_width() { return Vec::kWidth; }
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
-{
-    m.def("decode_linear", &decode_linear, "x (M, K) . w (N, K)^T + bias, for small M (fp32, CPU)", py::arg("x"),
-          py::arg("w"), py::arg("bias") = py::none());
-    m.def("simd_width", &simd_width, "fp32 lanes per vector of this build");
-}
