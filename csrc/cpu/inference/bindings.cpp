@@ -1,4 +1,6 @@
 // Python bindings of the cpu_inference op.
+#include <torch/extension.h>
+
 #include "decode_ops.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)

@@ -12,9 +12,8 @@
 // softmax, and a pass that accumulates p[l] v[l] in registers. The sums run
 // in another order than SDPA's blocked online softmax, so results agree
 // with it to fp32 rounding, not bit for bit.
-#include <torch/extension.h>
-
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty_like.h>
 
 #include <cmath>
 #include <limits>
@@ -86,13 +85,13 @@ void weighted_sum(const float* p, const float* v, int64_t length, int64_t D, flo
 
 }  // namespace
 
-torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& valid, int64_t length, double scale)
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& valid, int64_t length, double scale)
 {
     DS_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && valid.device().is_cpu(),
              "decode_attention: q, k, v and valid must be CPU tensors");
-    DS_CHECK(q.scalar_type() == torch::kFloat32 && k.scalar_type() == torch::kFloat32 &&
-                 v.scalar_type() == torch::kFloat32,
+    DS_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+                 v.scalar_type() == at::kFloat,
              "decode_attention: q, k and v must be float32, got ", q.scalar_type(), ", ", k.scalar_type(), " and ",
              v.scalar_type());
     DS_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes(),
@@ -106,11 +105,11 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k, c
     DS_CHECK(length >= 1 && length <= Lcap, "decode_attention: length ", length, " outside [1, ", Lcap, "]");
     DS_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(),
              "decode_attention: q, k and v must be contiguous");
-    DS_CHECK(valid.scalar_type() == torch::kBool && valid.dim() == 2 && valid.size(0) == B &&
+    DS_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 2 && valid.size(0) == B &&
                  valid.size(1) >= length && valid.stride(1) == 1,
              "decode_attention: valid must be a bool (B, >= length) tensor with unit column stride, got ",
              valid.scalar_type(), " ", valid.sizes());
-    auto out = torch::empty_like(q);
+    auto out = at::empty_like(q);
     const float* qp = q.data_ptr<float>();
     const float* kp = k.data_ptr<float>();
     const float* vp = v.data_ptr<float>();

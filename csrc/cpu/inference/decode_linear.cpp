@@ -13,9 +13,8 @@
 // The products are the same fp32 multiply-adds as F.linear, summed in another
 // order (per-lane partial sums, then the lanes), so results agree with F.linear
 // to fp32 rounding (the test bound is sum_k |x_k w_k| * K * eps), not bit for bit.
-#include <torch/extension.h>
-
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -161,23 +160,23 @@ void column_tile(const float* x, int64_t M, int64_t K, const float* w, const flo
 }  // namespace
 
 // x (M, K), w (N, K), bias (N) or undefined -> (M, N); fp32, contiguous, CPU.
-torch::Tensor decode_linear(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b)
+at::Tensor decode_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b)
 {
     DS_CHECK(x.device().is_cpu() && w.device().is_cpu(), "decode_linear: x and w must be CPU tensors");
-    DS_CHECK(x.scalar_type() == torch::kFloat32 && w.scalar_type() == torch::kFloat32,
+    DS_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat,
              "decode_linear: x and w must be float32, got ", x.scalar_type(), " and ", w.scalar_type());
     DS_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
              "decode_linear: x (M, K) and w (N, K) expected, got ", x.sizes(), " and ", w.sizes());
     DS_CHECK(x.is_contiguous() && w.is_contiguous(), "decode_linear: x and w must be contiguous");
     const bool has_bias = b.has_value() && b->defined();
     if (has_bias) {
-        DS_CHECK(b->device().is_cpu() && b->scalar_type() == torch::kFloat32 && b->is_contiguous() && b->dim() == 1 &&
+        DS_CHECK(b->device().is_cpu() && b->scalar_type() == at::kFloat && b->is_contiguous() && b->dim() == 1 &&
                      b->size(0) == w.size(0),
                  "decode_linear: bias must be a contiguous float32 CPU vector of ", w.size(0), " elements, got ",
                  b->sizes());
     }
     const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-    auto y = torch::empty({M, N}, x.options());
+    auto y = at::empty({M, N}, x.options());
     if (M == 0 || N == 0) return y;
     const float* xp = x.data_ptr<float>();
     const float* wp = w.data_ptr<float>();
