@@ -8,10 +8,11 @@
 // flash kernel spends most of its time on per-block set-up and tiny sgemm
 // calls (~470 us per layer of the benchmark's 8 x 8 heads x 96 slots, where
 // reading the cache takes ~250 us). Here each (b, h) pair is one task: a
-// pass of dot products over the valid slots, an exact max-subtracted
-// softmax, and a pass that accumulates p[l] v[l] in registers. The sums run
-// in another order than SDPA's blocked online softmax, so results agree
-// with it to fp32 rounding, not bit for bit.
+// pass of dot products over all slots below `length` (in blocks of 4 keys;
+// masked ones are dropped after, cheaper than branching per key), an exact
+// max-subtracted softmax, and a pass that accumulates p[l] v[l] in
+// registers. The sums run in another order than SDPA's blocked online
+// softmax, so results agree with it to fp32 rounding, not bit for bit.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty_like.h>
 
@@ -85,13 +86,12 @@ void weighted_sum(const float* p, const float* v, int64_t length, int64_t D, flo
 
 }  // namespace
 
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               const at::Tensor& valid, int64_t length, double scale)
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& valid,
+                            int64_t length, double scale)
 {
     DS_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && valid.device().is_cpu(),
              "decode_attention: q, k, v and valid must be CPU tensors");
-    DS_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
-                 v.scalar_type() == at::kFloat,
+    DS_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat,
              "decode_attention: q, k and v must be float32, got ", q.scalar_type(), ", ", k.scalar_type(), " and ",
              v.scalar_type());
     DS_CHECK(q.dim() == 4 && k.dim() == 4 && k.sizes() == v.sizes(),

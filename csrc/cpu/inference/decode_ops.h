@@ -1,7 +1,7 @@
 // The cpu_inference op's kernels (bound in bindings.cpp): the CPU decode step's products and attention.
 //
-// Only ATen's tensor header here: <torch/extension.h> alone takes ~45 s to
-// compile on a 2-core machine, so only bindings.cpp includes it.
+// Only ATen's tensor header here, and torch's pybind header in bindings.cpp:
+// <torch/extension.h> alone takes ~45 s to compile on a 2-core machine.
 #pragma once
 
 #include <ATen/core/Tensor.h>
